@@ -1,0 +1,150 @@
+"""The outbox relay: committed events from PostgreSQL to JetStream.
+
+Guarantees (tested in ``tests/integration/test_relay.py`` by killing relays and NATS):
+
+* never before commit: the relay reads only committed outbox rows;
+* none lost: a position leaves the outbox only after JetStream acknowledged its event, so a
+  relay killed at any point republishes what it had not confirmed;
+* duplicates dropped: the event id is the ``Nats-Msg-Id``, deduplicated by the stream;
+* per-run order: one run's events are published one after another, each only after the
+  previous one is acknowledged, and a failure stops that run's chain for this round;
+* one relay at a time: the active relay holds a session advisory lock on its connection. When
+  its process dies the connection drops, PostgreSQL frees the lock and a standby takes over
+  within ``standby_retry`` seconds;
+* woken on commit: appends ``NOTIFY`` in the same statement; polling is only a fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+import msgspec
+import structlog
+from nats.js import JetStreamContext
+from prometheus_client import Counter, Gauge
+
+from shared.contracts import Subjects
+from shared.runlog.schema import lock_key
+from shared.runlog.store import StoredEvent, notify_channel, record_to_event
+
+log = structlog.get_logger("relay")
+
+PUBLISHED = Counter("appengine_relay_published_total", "Events confirmed on JetStream by this relay")
+DUPLICATES = Counter("appengine_relay_duplicates_total", "Events JetStream reported as duplicates")
+FAILURES = Counter("appengine_relay_publish_failures_total", "Publish attempts that failed")
+ACTIVE = Gauge("appengine_relay_active", "1 while this process holds the relay lock")
+
+_encoder = msgspec.json.Encoder()
+
+Connect = Callable[[], Awaitable[asyncpg.Connection]]
+
+
+class Relay:
+    """Drains the outbox of one schema to JetStream while it holds the relay lock."""
+
+    def __init__(
+        self,
+        connect: Connect,
+        schema: str,
+        js: JetStreamContext,
+        subjects: Subjects,
+        *,
+        batch_size: int = 1000,
+        poll_interval: float = 1.0,
+        standby_retry: float = 0.5,
+        publish_timeout: float = 5.0,
+    ) -> None:
+        self._connect = connect
+        self._schema = schema
+        self._js = js
+        self._subjects = subjects
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._standby_retry = standby_retry
+        self._publish_timeout = publish_timeout
+        self._wake = asyncio.Event()
+        self.active = False
+        self._sql_batch = (
+            "SELECT e.event_id, e.aggregate, e.aggregate_id, e.seq, e.position, e.type, e.occurred_at, "
+            f"e.recorded_at, e.state, e.payload::text AS payload FROM {schema}.outbox o "
+            f"JOIN {schema}.events e ON e.position = o.position ORDER BY o.position LIMIT $1"
+        )
+        self._sql_done = f"DELETE FROM {schema}.outbox WHERE position = ANY($1::bigint[])"
+
+    async def run(self) -> None:
+        """Relay until cancelled: contend for the lock, then drain; survive outages of both ends."""
+        backoff = self._standby_retry
+        while True:
+            try:
+                await self._session()
+                backoff = self._standby_retry
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any outage: PostgreSQL or NATS down, connection lost
+                log.warning("relay.error", error=repr(exc), retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _session(self) -> None:
+        conn = await self._connect()
+        try:
+            leader = await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key(self._schema, "relay"))
+            if not leader:
+                await asyncio.sleep(self._standby_retry)
+                return
+            self.active = True
+            ACTIVE.set(1)
+            log.info("relay.active", schema=self._schema)
+            await conn.add_listener(notify_channel(self._schema), self._on_notify)
+            while not conn.is_closed():
+                self._wake.clear()
+                moved = await self._drain(conn)
+                if moved < self._batch_size:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+        finally:
+            if self.active:
+                ACTIVE.set(0)
+                self.active = False
+            # closing the connection is what frees the lock for a standby
+            with contextlib.suppress(Exception):
+                await asyncio.shield(conn.close(timeout=2))
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _drain(self, conn: asyncpg.Connection) -> int:
+        """Publish one batch; returns how many events were confirmed."""
+        rows = await conn.fetch(self._sql_batch, self._batch_size)
+        if not rows:
+            return 0
+        events = [record_to_event(r) for r in rows]
+        chains = [list(g) for _, g in itertools.groupby(
+            sorted(events, key=lambda e: (str(e.aggregate_id), e.seq)), key=lambda e: e.aggregate_id
+        )]
+        confirmed: list[int] = []
+        results = await asyncio.gather(*(self._publish_chain(c, confirmed) for c in chains), return_exceptions=True)
+        if confirmed:
+            await conn.execute(self._sql_done, confirmed)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            FAILURES.inc(len(errors))
+            raise errors[0]
+        return len(confirmed)
+
+    async def _publish_chain(self, chain: list[StoredEvent], confirmed: list[int]) -> None:
+        for event in chain:
+            ack = await self._js.publish(
+                self._subjects.event(event.aggregate, event.aggregate_id, event.type),
+                _encoder.encode(event),
+                timeout=self._publish_timeout,
+                headers={"Nats-Msg-Id": str(event.id)},
+            )
+            confirmed.append(event.position)
+            PUBLISHED.inc()
+            if ack.duplicate:
+                DUPLICATES.inc()

@@ -1,0 +1,127 @@
+"""The run log: run events in and out of the event store, with the runs read model.
+
+``execute`` is the one way services change a run: load (fold the log), decide, append with the
+expected sequence; on a concurrent append, reload and decide again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+import uuid
+from collections.abc import Callable, Sequence
+
+import msgspec
+
+from shared.domain.decide import Command, decide
+from shared.domain.events import RunEvent, event_tag
+from shared.domain.evolve import evolve
+from shared.domain.state import RunState, initial_state
+from shared.runlog.store import ConcurrencyError, CorruptLog, EventStore, NewEvent, RunRow, StoredEvent
+
+_encoder = msgspec.json.Encoder()
+_decoder: msgspec.json.Decoder[RunEvent] = msgspec.json.Decoder(RunEvent)  # type: ignore[arg-type]
+
+Clock = Callable[[], dt.datetime]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def decode_run_event(stored: StoredEvent) -> RunEvent:
+    """The domain event inside a stored run event; CorruptLog if it cannot be understood."""
+    try:
+        event = _decoder.decode(stored.data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise CorruptLog(
+            f"run {stored.aggregate_id} event {stored.seq} ({stored.type!r}) is undecodable: {exc}"
+        ) from exc
+    if event_tag(event) != stored.type:
+        raise CorruptLog(f"run {stored.aggregate_id} event {stored.seq}: type column {stored.type!r} "
+                         f"disagrees with payload {event_tag(event)!r}")
+    return event
+
+
+def fold_stored(run_id: uuid.UUID, history: Sequence[StoredEvent]) -> RunState:
+    """The state a run's stored history folds to, checking the sequence is contiguous."""
+    state = initial_state(run_id)
+    for stored in history:
+        if stored.seq != state.version + 1:
+            raise CorruptLog(f"run {run_id}: event {stored.seq} follows {state.version}")
+        state = evolve(state, decode_run_event(stored))
+    return state
+
+
+def run_row(state: RunState) -> RunRow:
+    """The read-model row of a run state."""
+    assert state.status is not None, "a run row needs a created run"
+    failure = None if state.failure is None else _encoder.encode(state.failure).decode()
+    return RunRow(
+        run_id=state.run_id,
+        task_id=state.task_id,
+        task_namespace=state.task_namespace,
+        task_version=state.task_version,
+        state=state.status.value,
+        version=state.version,
+        attempt=state.attempt,
+        executor_id=state.executor_id,
+        deleted=state.deleted,
+        created_at=state.created_at,
+        updated_at=state.updated_at,
+        ended_at=state.ended_at,
+        failure=failure,
+    )
+
+
+class RunLog:
+    """Loads, decides and appends run events."""
+
+    def __init__(self, store: EventStore, clock: Clock = utcnow, *, max_attempts: int = 50) -> None:
+        self.store = store
+        self.clock = clock
+        self.max_attempts = max_attempts
+
+    async def load(self, run_id: uuid.UUID) -> RunState:
+        return fold_stored(run_id, await self.store.read(run_id))
+
+    async def append(
+        self, state: RunState, events: Sequence[RunEvent], now: dt.datetime | None = None
+    ) -> tuple[RunState, list[StoredEvent]]:
+        """Append ``events`` decided on ``state``; each record carries the state after it."""
+        occurred_at = now or self.clock()
+        new_events: list[NewEvent] = []
+        for event in events:
+            state = evolve(state, event)
+            assert state.status is not None
+            new_events.append(
+                NewEvent(
+                    id=uuid.uuid4(),
+                    type=event_tag(event),
+                    occurred_at=occurred_at,
+                    state=state.status.value,
+                    payload=_encoder.encode(event),
+                )
+            )
+        expected = state.version - len(events)
+        stored = await self.store.append("run", state.run_id, expected, new_events, run_row(state))
+        return state, stored
+
+    async def execute(self, run_id: uuid.UUID, command: Command) -> tuple[RunState, list[StoredEvent]]:
+        """Decide ``command`` on the run's current state and append the result.
+
+        Retries from a fresh load when another writer appended first; domain errors propagate.
+        """
+        for attempt in range(self.max_attempts):
+            state = await self.load(run_id)
+            now = self.clock()
+            events = decide(state, command, now)
+            if not events:
+                return state, []
+            try:
+                return await self.append(state, events, now)
+            except ConcurrencyError:
+                # jittered backoff so a crowd of writers on one run does not retry in lockstep
+                await asyncio.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))
+        raise ConcurrencyError(f"run {run_id}: gave up after {self.max_attempts} concurrent appends")

@@ -1,0 +1,210 @@
+"""Running a service: infrastructure as aiohttp cleanup contexts, and the process entry point.
+
+Every resource is opened in one place, in dependency order (PostgreSQL, NATS, then what uses
+them, such as the relay), and closed in reverse by aiohttp. Shutdown on SIGTERM/SIGINT: the
+listening socket closes (no new intake), in-flight requests get ``SHUTDOWN_TIMEOUT`` seconds,
+then background tasks are cancelled and awaited and connections closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import asyncpg
+import nats
+import structlog
+from aiohttp import web
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.errors import BadRequestError
+
+from shared.contracts import Subjects
+from shared.logs import configure_logging
+from shared.runlog.relay import Relay
+from shared.runlog.runs import RunLog
+from shared.runlog.schema import check_schema_name, migrate
+from shared.runlog.store import EventStore
+from shared.settings import CommonSettings, SettingsError, load_settings
+from shared.web import READINESS
+
+log = structlog.get_logger("service")
+
+POOL = web.AppKey("pool", asyncpg.Pool)
+STORE = web.AppKey("store", EventStore)
+RUNLOG = web.AppKey("runlog", RunLog)
+NATS_CLIENT = web.AppKey("nats", NATS)
+JETSTREAM = web.AppKey("jetstream", JetStreamContext)
+SUBJECTS = web.AppKey("subjects", Subjects)
+RELAY = web.AppKey("relay", Relay)
+
+S = TypeVar("S", bound=CommonSettings)
+CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
+
+STARTUP_ATTEMPTS = 60  # about a minute of waiting for PostgreSQL / NATS to come up
+
+
+async def _retrying(what: str, attempt: Callable[[], Awaitable[object]]) -> object:
+    for n in range(STARTUP_ATTEMPTS):
+        try:
+            return await attempt()
+        except (OSError, asyncpg.PostgresError, nats.errors.Error, TimeoutError) as exc:
+            if n == STARTUP_ATTEMPTS - 1:
+                raise
+            log.warning("startup.waiting", dependency=what, error=repr(exc))
+            await asyncio.sleep(1)
+    raise AssertionError("unreachable")
+
+
+def postgres_ctx(settings: CommonSettings) -> CleanupCtx:
+    """Pool, migrations, the event store and the run log."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        schema = check_schema_name(settings.database_schema)
+
+        async def connect() -> asyncpg.Pool:
+            pool = await asyncpg.create_pool(
+                settings.database_url, min_size=1, max_size=settings.database_pool_size, timeout=5
+            )
+            assert pool is not None
+            return pool
+
+        pool = await _retrying("postgres", connect)
+        assert isinstance(pool, asyncpg.Pool)
+        async with pool.acquire() as conn:
+            await migrate(conn, schema)
+        store = EventStore(pool, schema)
+        app[POOL] = pool
+        app[STORE] = store
+        app[RUNLOG] = RunLog(store)
+
+        async def check() -> None:
+            await pool.fetchval("SELECT 1", timeout=2)
+
+        app[READINESS]["postgres"] = check
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    return ctx
+
+
+async def ensure_streams(js: JetStreamContext, subjects: Subjects) -> None:
+    """Create or update the event and job streams (idempotent; safe from several services)."""
+    for config in (subjects.events_stream_config(), subjects.jobs_stream_config()):
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            # exists with another configuration: bring it to ours
+            await js.update_stream(config)
+
+
+def nats_ctx(settings: CommonSettings, name: str) -> CleanupCtx:
+    """A NATS connection that reconnects forever, with the streams in place."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        subjects = Subjects(prefix=settings.nats_subject_prefix)
+
+        async def connect() -> NATS:
+            return await nats.connect(
+                settings.nats_url,
+                name=f"appengine-{name}",
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=2,
+            )
+
+        nc = await _retrying("nats", connect)
+        assert isinstance(nc, NATS)
+        js = nc.jetstream()
+        await ensure_streams(js, subjects)
+        app[NATS_CLIENT] = nc
+        app[JETSTREAM] = js
+        app[SUBJECTS] = subjects
+
+        async def check() -> None:
+            if not nc.is_connected:
+                raise ConnectionError("not connected to NATS")
+            await js.account_info()
+
+        app[READINESS]["nats"] = check
+        try:
+            yield
+        finally:
+            await nc.drain()
+
+    return ctx
+
+
+def background(name: str, start: Callable[[web.Application], Awaitable[None]]) -> CleanupCtx:
+    """Run ``start(app)`` as an owned task for the application's lifetime; cancelled and awaited."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(start(app), name=name)
+        try:
+            yield
+        finally:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                log.exception("background.failed", task=name)
+
+    return ctx
+
+
+def relay_ctx(settings: CommonSettings) -> CleanupCtx:
+    """The outbox relay; active in at most one process at a time (advisory lock)."""
+
+    async def run(app: web.Application) -> None:
+        relay = Relay(
+            lambda: asyncpg.connect(settings.database_url, timeout=5),
+            settings.database_schema,
+            app[JETSTREAM],
+            app[SUBJECTS],
+        )
+        app[RELAY] = relay
+        await relay.run()
+
+    return background("relay", run)
+
+
+def infrastructure(app: web.Application, settings: CommonSettings, name: str) -> None:
+    """Register PostgreSQL, NATS and (if enabled) the relay, in dependency order."""
+    app.cleanup_ctx.append(postgres_ctx(settings))
+    app.cleanup_ctx.append(nats_ctx(settings, name))
+    if settings.relay_enabled:
+        app.cleanup_ctx.append(relay_ctx(settings))
+
+
+def serve(
+    name: str,
+    settings_cls: type[S],
+    build: Callable[[S], web.Application],
+    *,
+    default_port: int,
+) -> None:
+    """The process entry point of a service: settings, logs, app, serve until signalled."""
+    try:
+        settings = load_settings(settings_cls, port=default_port)
+    except SettingsError as exc:
+        print(f"{name}: invalid setting {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging(name, settings.log_level, settings.log_format)
+    app = build(settings)
+    log.info("service.starting", host=settings.host, port=settings.port, prefix=settings.route_prefix)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        shutdown_timeout=settings.shutdown_timeout,
+        access_log=None,
+        print=None,
+        handle_signals=True,
+    )
+    log.info("service.stopped")
