@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import asyncpg
 import nats
@@ -139,7 +139,7 @@ def nats_ctx(settings: CommonSettings, name: str) -> CleanupCtx:
     return ctx
 
 
-def background(name: str, start: Callable[[web.Application], Awaitable[None]]) -> CleanupCtx:
+def background(name: str, start: Callable[[web.Application], Coroutine[Any, Any, None]]) -> CleanupCtx:
     """Run ``start(app)`` as an owned task for the application's lifetime; cancelled and awaited."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:

@@ -102,16 +102,24 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = {404: "APPE-internal-route-not-found", 405: "APPE-internal-method-not-allowed",
-                413: "APPE-internal-request-too-large"}.get(exc.status, "APPE-internal-request-error")
-        message = {404: "no such endpoint", 405: "method not allowed",
-                   413: "request body too large"}.get(exc.status, exc.reason)
+        code = {
+            404: "APPE-internal-route-not-found",
+            405: "APPE-internal-method-not-allowed",
+            413: "APPE-internal-request-too-large",
+        }.get(exc.status, "APPE-internal-request-error")
+        message = {404: "no such endpoint", 405: "method not allowed", 413: "request body too large"}.get(
+            exc.status, exc.reason
+        )
         return _error_response(ApiError(exc.status, code, message))
     except Exception as exc:
         log.exception("http.unhandled", path=request.path, method=request.method)
         return _error_response(
-            ApiError(500, "APPE-internal-server-error", "Server error.",
-                     {"type": "server", "exceptionMessage": type(exc).__name__})
+            ApiError(
+                500,
+                "APPE-internal-server-error",
+                "Server error.",
+                {"type": "server", "exceptionMessage": type(exc).__name__},
+            )
         )
 
 
@@ -138,8 +146,13 @@ def _metrics_middleware(registry: CollectorRegistry) -> Callable[..., Awaitable[
             requests.labels(request.method, route, str(status)).inc()
             latency.labels(request.method, route).observe(elapsed)
             if route not in ("/metrics", "/health", "/ready", "/ping"):
-                log.info("http.request", method=request.method, path=request.path, status=status,
-                         ms=round(elapsed * 1000, 2))
+                log.info(
+                    "http.request",
+                    method=request.method,
+                    path=request.path,
+                    status=status,
+                    ms=round(elapsed * 1000, 2),
+                )
 
     return middleware
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -88,7 +89,5 @@ async def js(nc: NATS, subjects: Subjects) -> AsyncIterator[JetStreamContext]:
     await ctx.add_stream(subjects.jobs_stream_config())
     yield ctx
     for name in (subjects.events_stream, subjects.jobs_stream):
-        try:
+        with contextlib.suppress(Exception):  # the test may have deleted it already
             await ctx.delete_stream(name)
-        except Exception:  # the test may have deleted it already
-            pass

@@ -1,1 +1,3 @@
-"""The registry service. Task bundles: upload, validation, the task catalogue, descriptors, logos and image blobs; publishes task.* events."""
+"""The registry service. Task bundles: upload, validation, the task catalogue, descriptors, logos and
+image blobs; publishes task.* events.
+"""

@@ -1,1 +1,3 @@
-"""The storage service. The run storage exchange: input provisioning and validation, reading inputs and outputs, output collection; blob backends."""
+"""The storage service. The run storage exchange: input provisioning and validation, reading inputs and
+outputs, output collection; blob backends.
+"""

@@ -58,7 +58,7 @@ class _Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="command"):
     pass
 
 
-class CreateRun(_Command, tag="create", kw_only=True):
+class CreateRun(_Command, tag="create", frozen=True, kw_only=True):
     task_id: uuid.UUID
     task_namespace: str
     task_version: str
@@ -68,7 +68,7 @@ class CreateRun(_Command, tag="create", kw_only=True):
     max_attempts: int = 3
 
 
-class ProvisionInput(_Command, tag="provision", kw_only=True):
+class ProvisionInput(_Command, tag="provision", frozen=True, kw_only=True):
     parameter: str
     kind: InputKind = InputKind.VALUE
     index: str | None = None
@@ -76,56 +76,56 @@ class ProvisionInput(_Command, tag="provision", kw_only=True):
     checksum: str | None = None
 
 
-class ClearInputs(_Command, tag="clear", kw_only=True):
+class ClearInputs(_Command, tag="clear", frozen=True, kw_only=True):
     parameters: tuple[str, ...]
 
 
-class MarkProvisioned(_Command, tag="mark_provisioned", kw_only=True):
+class MarkProvisioned(_Command, tag="mark_provisioned", frozen=True, kw_only=True):
     """A client's ``{"desired": "PROVISIONED"}``."""
 
 
-class RequestRun(_Command, tag="request_run", kw_only=True):
+class RequestRun(_Command, tag="request_run", frozen=True, kw_only=True):
     """A client's ``{"desired": "RUNNING"}``."""
 
 
-class MarkQueued(_Command, tag="mark_queued", kw_only=True):
+class MarkQueued(_Command, tag="mark_queued", frozen=True, kw_only=True):
     queue_timeout_seconds: float | None = None
 
 
-class TakeRun(_Command, tag="take", kw_only=True):
+class TakeRun(_Command, tag="take", frozen=True, kw_only=True):
     executor_id: str
 
 
-class StartRun(_Command, tag="start", kw_only=True):
+class StartRun(_Command, tag="start", frozen=True, kw_only=True):
     container_id: str
 
 
-class CollectOutputs(_Command, tag="collect", kw_only=True):
+class CollectOutputs(_Command, tag="collect", frozen=True, kw_only=True):
     outputs: tuple[OutputRecord, ...]
     exit_code: int = 0
 
 
-class FailRun(_Command, tag="fail", kw_only=True):
+class FailRun(_Command, tag="fail", frozen=True, kw_only=True):
     code: FailureCode
     message: str
     stage: FailureStage
     exit_code: int | None = None
 
 
-class CancelRun(_Command, tag="cancel", kw_only=True):
+class CancelRun(_Command, tag="cancel", frozen=True, kw_only=True):
     reason: str = "cancelled by request"
 
 
-class CheckTimeout(_Command, tag="check_timeout", kw_only=True):
+class CheckTimeout(_Command, tag="check_timeout", frozen=True, kw_only=True):
     pass
 
 
-class RetryRun(_Command, tag="retry", kw_only=True):
+class RetryRun(_Command, tag="retry", frozen=True, kw_only=True):
     reason: str
     code: FailureCode = FailureCode.EXECUTOR_LOST
 
 
-class DeleteRun(_Command, tag="delete", kw_only=True):
+class DeleteRun(_Command, tag="delete", frozen=True, kw_only=True):
     pass
 
 

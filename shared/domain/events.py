@@ -69,7 +69,7 @@ class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     """Base of every run event; ``type`` is the tag."""
 
 
-class RunCreated(_Event, tag="created", kw_only=True):
+class RunCreated(_Event, tag="created", frozen=True, kw_only=True):
     """A run of a task was created (state CREATED).
 
     ``required_inputs`` are the task's non-optional input names, frozen at creation so the
@@ -86,7 +86,7 @@ class RunCreated(_Event, tag="created", kw_only=True):
     created_at: dt.datetime
 
 
-class InputProvisioned(_Event, tag="input_provisioned", kw_only=True):
+class InputProvisioned(_Event, tag="input_provisioned", frozen=True, kw_only=True):
     """An input value, file or array item was stored for the run (new or replacing)."""
 
     parameter: str
@@ -97,33 +97,33 @@ class InputProvisioned(_Event, tag="input_provisioned", kw_only=True):
     at: dt.datetime
 
 
-class InputsCleared(_Event, tag="inputs_cleared", kw_only=True):
+class InputsCleared(_Event, tag="inputs_cleared", frozen=True, kw_only=True):
     """Provisioned inputs were removed (the run goes back to CREATED if it was PROVISIONED)."""
 
     parameters: tuple[str, ...]
     at: dt.datetime
 
 
-class RunProvisioned(_Event, tag="provisioned", kw_only=True):
+class RunProvisioned(_Event, tag="provisioned", frozen=True, kw_only=True):
     """Every non-optional input has a value (state PROVISIONED)."""
 
     at: dt.datetime
 
 
-class RunRequested(_Event, tag="requested", kw_only=True):
+class RunRequested(_Event, tag="requested", frozen=True, kw_only=True):
     """A client asked for the run to execute (state QUEUING)."""
 
     at: dt.datetime
 
 
-class RunQueued(_Event, tag="queued", kw_only=True):
+class RunQueued(_Event, tag="queued", frozen=True, kw_only=True):
     """The run was admitted and published on the work queue (state QUEUED)."""
 
     at: dt.datetime
     queue_deadline: dt.datetime | None = None
 
 
-class RunPending(_Event, tag="pending", kw_only=True):
+class RunPending(_Event, tag="pending", frozen=True, kw_only=True):
     """An executor took the run: it prepares image, container and inputs (state PENDING)."""
 
     executor_id: str
@@ -131,7 +131,7 @@ class RunPending(_Event, tag="pending", kw_only=True):
     at: dt.datetime
 
 
-class RunStarted(_Event, tag="started", kw_only=True):
+class RunStarted(_Event, tag="started", frozen=True, kw_only=True):
     """The task container was started (state RUNNING)."""
 
     container_id: str
@@ -148,7 +148,7 @@ class OutputRecord(msgspec.Struct, frozen=True, kw_only=True):
     checksum: str | None = None
 
 
-class OutputsCollected(_Event, tag="outputs_collected", kw_only=True):
+class OutputsCollected(_Event, tag="outputs_collected", frozen=True, kw_only=True):
     """The container exited and every declared output was stored and valid."""
 
     outputs: tuple[OutputRecord, ...]
@@ -156,13 +156,13 @@ class OutputsCollected(_Event, tag="outputs_collected", kw_only=True):
     at: dt.datetime
 
 
-class RunFinished(_Event, tag="finished", kw_only=True):
+class RunFinished(_Event, tag="finished", frozen=True, kw_only=True):
     """The run succeeded (state FINISHED, terminal)."""
 
     at: dt.datetime
 
 
-class RunFailed(_Event, tag="failed", kw_only=True):
+class RunFailed(_Event, tag="failed", frozen=True, kw_only=True):
     """The run failed (state FAILED, terminal)."""
 
     code: FailureCode
@@ -172,7 +172,7 @@ class RunFailed(_Event, tag="failed", kw_only=True):
     at: dt.datetime
 
 
-class CancelRequested(_Event, tag="cancel_requested", kw_only=True):
+class CancelRequested(_Event, tag="cancel_requested", frozen=True, kw_only=True):
     """Cancellation of a run whose container may exist; the executor stops it and fails the run."""
 
     reason: str = "cancelled by request"
@@ -181,7 +181,7 @@ class CancelRequested(_Event, tag="cancel_requested", kw_only=True):
     at: dt.datetime
 
 
-class RunRetried(_Event, tag="retried", kw_only=True):
+class RunRetried(_Event, tag="retried", frozen=True, kw_only=True):
     """An infrastructure failure sent the run back to the work queue (state QUEUED)."""
 
     reason: str
@@ -189,7 +189,7 @@ class RunRetried(_Event, tag="retried", kw_only=True):
     at: dt.datetime
 
 
-class RunDeleted(_Event, tag="deleted", kw_only=True):
+class RunDeleted(_Event, tag="deleted", frozen=True, kw_only=True):
     """The run was deleted: its files go, its history stays."""
 
     at: dt.datetime

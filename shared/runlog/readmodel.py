@@ -7,6 +7,8 @@ replaces the table's contents in one transaction.
 
 from __future__ import annotations
 
+import json
+
 import msgspec
 
 from shared.runlog.runs import fold_stored, run_row
@@ -32,7 +34,8 @@ def _normalise(row: RunRow) -> RunRow:
     # jsonb renders its own key order and spacing: compare failures as data, not text
     if row.failure is None:
         return row
-    return msgspec.structs.replace(row, failure=msgspec.json.encode(msgspec.json.decode(row.failure)).decode())
+    canonical = json.dumps(json.loads(row.failure), sort_keys=True)
+    return msgspec.structs.replace(row, failure=canonical)
 
 
 async def verify(store: EventStore) -> list[str]:
@@ -49,9 +52,8 @@ async def verify(store: EventStore) -> list[str]:
             want_n, have_n = _normalise(want), _normalise(have)
             for field in RUN_COLUMNS:
                 if getattr(want_n, field) != getattr(have_n, field):
-                    problems.append(
-                        f"run {run_id}: {field} is {getattr(have_n, field)!r}, log says {getattr(want_n, field)!r}"
-                    )
+                    have_v, want_v = getattr(have_n, field), getattr(want_n, field)
+                    problems.append(f"run {run_id}: {field} is {have_v!r}, log says {want_v!r}")
     return problems
 
 

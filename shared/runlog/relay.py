@@ -123,11 +123,16 @@ class Relay:
         if not rows:
             return 0
         events = [record_to_event(r) for r in rows]
-        chains = [list(g) for _, g in itertools.groupby(
-            sorted(events, key=lambda e: (str(e.aggregate_id), e.seq)), key=lambda e: e.aggregate_id
-        )]
+        chains = [
+            list(g)
+            for _, g in itertools.groupby(
+                sorted(events, key=lambda e: (str(e.aggregate_id), e.seq)), key=lambda e: e.aggregate_id
+            )
+        ]
         confirmed: list[int] = []
-        results = await asyncio.gather(*(self._publish_chain(c, confirmed) for c in chains), return_exceptions=True)
+        results = await asyncio.gather(
+            *(self._publish_chain(c, confirmed) for c in chains), return_exceptions=True
+        )
         if confirmed:
             await conn.execute(self._sql_done, confirmed)
         errors = [r for r in results if isinstance(r, BaseException)]

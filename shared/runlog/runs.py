@@ -21,7 +21,7 @@ from shared.domain.state import RunState, initial_state
 from shared.runlog.store import ConcurrencyError, CorruptLog, EventStore, NewEvent, RunRow, StoredEvent
 
 _encoder = msgspec.json.Encoder()
-_decoder: msgspec.json.Decoder[RunEvent] = msgspec.json.Decoder(RunEvent)  # type: ignore[arg-type]
+_decoder: msgspec.json.Decoder[RunEvent] = msgspec.json.Decoder(RunEvent)
 
 Clock = Callable[[], dt.datetime]
 
@@ -39,8 +39,10 @@ def decode_run_event(stored: StoredEvent) -> RunEvent:
             f"run {stored.aggregate_id} event {stored.seq} ({stored.type!r}) is undecodable: {exc}"
         ) from exc
     if event_tag(event) != stored.type:
-        raise CorruptLog(f"run {stored.aggregate_id} event {stored.seq}: type column {stored.type!r} "
-                         f"disagrees with payload {event_tag(event)!r}")
+        raise CorruptLog(
+            f"run {stored.aggregate_id} event {stored.seq}: type column {stored.type!r} "
+            f"disagrees with payload {event_tag(event)!r}"
+        )
     return event
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import re
 import zlib
+from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -82,7 +84,7 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
-async def migrate(conn: asyncpg.Connection, schema: str) -> int:
+async def migrate(conn: asyncpg.Connection[Any] | PoolConnectionProxy[Any], schema: str) -> int:
     """Bring ``schema`` up to date; returns the number of steps applied by this call."""
     s = check_schema_name(schema)
     applied = 0
