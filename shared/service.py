@@ -9,6 +9,7 @@ then background tasks are cancelled and awaited and connections closed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -139,29 +140,26 @@ def nats_ctx(settings: CommonSettings, name: str) -> CleanupCtx:
     return ctx
 
 
-def background(name: str, start: Callable[[web.Application], Coroutine[Any, Any, None]]) -> CleanupCtx:
-    """Run ``start(app)`` as an owned task for the application's lifetime; cancelled and awaited."""
-
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(start(app), name=name)
+@contextlib.asynccontextmanager
+async def owned_task(name: str, work: Coroutine[Any, Any, None]) -> AsyncIterator[asyncio.Task[None]]:
+    """Run ``work`` as a task owned by the enclosing block: cancelled and awaited on exit."""
+    task = asyncio.create_task(work, name=name)
+    try:
+        yield task
+    finally:
+        task.cancel()
         try:
-            yield
-        finally:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-            except Exception:
-                log.exception("background.failed", task=name)
-
-    return ctx
+            await task
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("task.failed", task=name)
 
 
 def relay_ctx(settings: CommonSettings) -> CleanupCtx:
     """The outbox relay; active in at most one process at a time (advisory lock)."""
 
-    async def run(app: web.Application) -> None:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
         relay = Relay(
             lambda: asyncpg.connect(settings.database_url, timeout=5),
             settings.database_schema,
@@ -169,9 +167,10 @@ def relay_ctx(settings: CommonSettings) -> CleanupCtx:
             app[SUBJECTS],
         )
         app[RELAY] = relay
-        await relay.run()
+        async with owned_task("relay", relay.run()):
+            yield
 
-    return background("relay", run)
+    return ctx
 
 
 def infrastructure(app: web.Application, settings: CommonSettings, name: str) -> None:
