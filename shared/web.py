@@ -29,7 +29,10 @@ log = structlog.get_logger("http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ReadinessCheck = Callable[[], Awaitable[None]]
 
+ErrorRenderer = Callable[[Exception], "ApiError"]
+
 SERVICE_NAME = web.AppKey("service_name", str)
+ERROR_RENDERERS = web.AppKey("error_renderers", dict[type[Exception], ErrorRenderer])
 READINESS = web.AppKey("readiness", dict[str, ReadinessCheck])
 METRICS = web.AppKey("metrics", CollectorRegistry)
 
@@ -80,14 +83,22 @@ def from_domain(error: DomainError) -> ApiError:
             return ApiError(400, error.error_code, error.message)
 
 
+def render_errors(app: web.Application, renderers: dict[type[Exception], ErrorRenderer]) -> None:
+    """Teach the error middleware a service's own error classes (matched in insertion order)."""
+    app[ERROR_RENDERERS].update(renderers)
+
+
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=msgspec.json.encode(data), status=status, content_type="application/json", headers=headers
-    )
+    return web.Response(body=msgspec.json.encode(data), status=status, content_type="application/json", headers=headers)
 
 
 def _error_response(err: ApiError) -> web.Response:
     return json_response(err.body(), status=err.status)
+
+
+def _service_errors(request: web.Request) -> tuple[type[Exception], ...]:
+    renderers: dict[type[Exception], ErrorRenderer] = request.app[ERROR_RENDERERS]
+    return tuple(renderers)
 
 
 @web.middleware
@@ -99,6 +110,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _error_response(err)
     except DomainError as err:
         return _error_response(from_domain(err))
+    except _service_errors(request) as err:
+        renderers = request.app[ERROR_RENDERERS]
+        render = next(r for cls, r in renderers.items() if isinstance(err, cls))
+        return _error_response(render(err))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -197,6 +212,7 @@ def create_app(service: str, *, client_max_size: int = 1024**2) -> web.Applicati
         middlewares=[_metrics_middleware(registry), error_middleware], client_max_size=client_max_size
     )
     app[SERVICE_NAME] = service
+    app[ERROR_RENDERERS] = {}
     app[READINESS] = {}
     app[METRICS] = registry
     app.router.add_get("/ping", ping)

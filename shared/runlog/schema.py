@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -84,22 +84,32 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
-async def migrate(conn: asyncpg.Connection[Any] | PoolConnectionProxy[Any], schema: str) -> int:
-    """Bring ``schema`` up to date; returns the number of steps applied by this call."""
+# a connection or a pool's proxy of one; asyncpg's classes are generic only to the type checker
+Conn: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
+
+
+async def migrate(conn: Conn, schema: str, component: str = "runlog", steps: tuple[str, ...] = MIGRATIONS) -> int:
+    """Bring ``component``'s tables in ``schema`` up to date; returns the steps applied by this call.
+
+    Services add their own tables as components with their own ordered ``steps``; ``{s}`` in a
+    step is the schema name.
+    """
     s = check_schema_name(schema)
     applied = 0
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(s, "migrate"))
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
         await conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {s}.schema_migrations "
-            "(step INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+            f"CREATE TABLE IF NOT EXISTS {s}.schema_migrations (component TEXT NOT NULL, "
+            "step INTEGER NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now(), "
+            "PRIMARY KEY (component, step))"
         )
-        done = {r["step"] for r in await conn.fetch(f"SELECT step FROM {s}.schema_migrations")}
-        for step, sql in enumerate(MIGRATIONS, start=1):
+        rows = await conn.fetch(f"SELECT step FROM {s}.schema_migrations WHERE component = $1", component)
+        done = {r["step"] for r in rows}
+        for step, sql in enumerate(steps, start=1):
             if step in done:
                 continue
             await conn.execute(sql.format(s=s))
-            await conn.execute(f"INSERT INTO {s}.schema_migrations (step) VALUES ($1)", step)
+            await conn.execute(f"INSERT INTO {s}.schema_migrations (component, step) VALUES ($1, $2)", component, step)
             applied += 1
     return applied

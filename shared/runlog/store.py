@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 import asyncpg
 import msgspec
 
-from shared.runlog.schema import check_schema_name
+from shared.runlog.schema import Conn, check_schema_name
 
 
 class RunLogError(Exception):
@@ -154,8 +154,14 @@ class EventStore:
         expected_seq: int,
         events: Sequence[NewEvent],
         run_row: RunRow | None = None,
+        *,
+        conn: Conn | None = None,
     ) -> list[StoredEvent]:
-        """Append ``events`` after ``expected_seq``; raises ConcurrencyError if the head moved."""
+        """Append ``events`` after ``expected_seq``; raises ConcurrencyError if the head moved.
+
+        With ``conn`` the append joins the caller's transaction (so a service can change its own
+        tables and record the event atomically); otherwise it is its own transaction.
+        """
         if not events:
             return []
         args: list[object] = [
@@ -173,7 +179,7 @@ class EventStore:
             sql = self._sql_append_run
             args.extend(run_row.values())
         try:
-            rows = await self.pool.fetch(sql, *args)
+            rows = await (conn or self.pool).fetch(sql, *args)
         except asyncpg.UniqueViolationError as exc:
             raise ConcurrencyError(f"{aggregate} {aggregate_id}: sequence {expected_seq} is taken") from exc
         if len(rows) != len(events):
