@@ -88,9 +88,7 @@ class BlobStore(Protocol):
         ...
 
 
-async def _file_chunks(
-    path: pathlib.Path, offset: int = 0, length: int | None = None
-) -> AsyncIterator[bytes]:
+async def _file_chunks(path: pathlib.Path, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
     remaining = length
     with path.open("rb") as f:
         f.seek(offset)
@@ -171,9 +169,7 @@ class LocalBlobStore:
         if not folder.is_dir():
             return []
         return sorted(
-            str(p.relative_to(self.root))
-            for p in folder.rglob("*")
-            if p.is_file() and not p.name.endswith(".part")
+            str(p.relative_to(self.root)) for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".part")
         )
 
 

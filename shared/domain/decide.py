@@ -217,9 +217,7 @@ def _provision(state: RunState, c: ProvisionInput, now: dt.datetime) -> list[Run
     if c.parameter not in state.inputs:
         raise UnknownParameter(c.parameter)
     events: list[RunEvent] = [
-        InputProvisioned(
-            parameter=c.parameter, kind=c.kind, index=c.index, size=c.size, checksum=c.checksum, at=now
-        )
+        InputProvisioned(parameter=c.parameter, kind=c.kind, index=c.index, size=c.size, checksum=c.checksum, at=now)
     ]
     if state.status is RunStatus.CREATED and state.required_inputs <= state.provisioned | {c.parameter}:
         events.append(RunProvisioned(at=now))

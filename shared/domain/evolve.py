@@ -94,9 +94,7 @@ def evolve(state: RunState, event: RunEvent) -> RunState:
         case RunFinished():
             new = s(state, status=RunStatus.FINISHED, ended_at=event.at, updated_at=event.at)
         case RunFailed():
-            failure = Failure(
-                code=event.code, message=event.message, stage=event.stage, exit_code=event.exit_code
-            )
+            failure = Failure(code=event.code, message=event.message, stage=event.stage, exit_code=event.exit_code)
             new = s(
                 state,
                 status=RunStatus.FAILED,

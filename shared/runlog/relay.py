@@ -130,9 +130,7 @@ class Relay:
             )
         ]
         confirmed: list[int] = []
-        results = await asyncio.gather(
-            *(self._publish_chain(c, confirmed) for c in chains), return_exceptions=True
-        )
+        results = await asyncio.gather(*(self._publish_chain(c, confirmed) for c in chains), return_exceptions=True)
         if confirmed:
             await conn.execute(self._sql_done, confirmed)
         errors = [r for r in results if isinstance(r, BaseException)]

@@ -49,6 +49,7 @@ async def stream_events(js: JetStreamContext, stream: str) -> list[StoredEvent]:
     out = []
     for seq in range(info.state.first_seq, info.state.last_seq + 1):
         msg = await js.get_msg(stream, seq)
+        assert msg.data is not None and msg.subject is not None
         envelope = msgspec.json.decode(msg.data, type=StoredEvent)
         assert msg.headers is not None and msg.headers["Nats-Msg-Id"] == str(envelope.id)
         assert msg.subject.endswith(f".run.{envelope.aggregate_id}.{envelope.type}")

@@ -20,9 +20,7 @@ from shared.runlog.store import ConcurrencyError, CorruptLog, EventStore, NewEve
 PARAMS = tuple(f"p{i}" for i in range(8))
 
 
-async def create_run(
-    runlog: RunLog, required: tuple[str, ...] = (), optional: tuple[str, ...] = PARAMS
-) -> uuid.UUID:
+async def create_run(runlog: RunLog, required: tuple[str, ...] = (), optional: tuple[str, ...] = PARAMS) -> uuid.UUID:
     run_id = uuid.uuid4()
     await runlog.execute(
         run_id,
@@ -85,9 +83,7 @@ async def test_read_model_follows_the_log_and_rebuilds_identically(runlog: RunLo
     await runlog.execute(cancelled, CancelRun())
     await create_run(runlog)
 
-    row = await store.pool.fetchrow(
-        f"SELECT state, version FROM {store.schema}.runs WHERE run_id = $1", finished
-    )
+    row = await store.pool.fetchrow(f"SELECT state, version FROM {store.schema}.runs WHERE run_id = $1", finished)
     assert row is not None and (row["state"], row["version"]) == ("QUEUING", 4)
     assert await readmodel.verify(store) == []
 
@@ -99,9 +95,7 @@ async def test_read_model_follows_the_log_and_rebuilds_identically(runlog: RunLo
     assert any(f"run {cancelled}: in the log but missing" in p for p in problems)
     assert await readmodel.rebuild(store) == 3
     assert await readmodel.verify(store) == []
-    failure = await store.pool.fetchval(
-        f"SELECT failure::text FROM {store.schema}.runs WHERE run_id = $1", cancelled
-    )
+    failure = await store.pool.fetchval(f"SELECT failure::text FROM {store.schema}.runs WHERE run_id = $1", cancelled)
     assert msgspec.json.decode(failure)["code"] == "CANCELLED"
 
 
@@ -138,9 +132,7 @@ async def test_malformed_payload_fails_loudly(runlog: RunLog, store: EventStore)
 async def test_the_log_is_append_only(runlog: RunLog, store: EventStore) -> None:
     run_id = await create_run(runlog)
     with pytest.raises(asyncpg.RaiseError, match="append-only"):
-        await store.pool.execute(
-            f"UPDATE {store.schema}.events SET type = 'x' WHERE aggregate_id = $1", run_id
-        )
+        await store.pool.execute(f"UPDATE {store.schema}.events SET type = 'x' WHERE aggregate_id = $1", run_id)
     with pytest.raises(asyncpg.RaiseError, match="append-only"):
         await store.pool.execute(f"DELETE FROM {store.schema}.events")
 

@@ -92,9 +92,7 @@ async def test_errors_are_rendered_by_one_middleware() -> None:
     app = create_app("probe")
 
     async def forbidden(request: web.Request) -> web.Response:
-        raise ApiError(
-            403, "APPE-internal-task-run-state-error", "run is in invalid state", with_details=False
-        )
+        raise ApiError(403, "APPE-internal-task-run-state-error", "run is in invalid state", with_details=False)
 
     async def crash(request: web.Request) -> web.Response:
         raise RuntimeError("secret internals")

@@ -39,9 +39,7 @@ def test_a_service_imports_no_other_service(service: str) -> None:
     others = {f"services.{s}" for s in SERVICES if s != service} | {"services.embedded", "services.cli"}
     offenders = {}
     for path in python_files(f"services/{service}"):
-        bad = sorted(
-            m for m in imported_modules(path) if any(m == o or m.startswith(o + ".") for o in others)
-        )
+        bad = sorted(m for m in imported_modules(path) if any(m == o or m.startswith(o + ".") for o in others))
         if bad:
             offenders[str(path.relative_to(ROOT))] = bad
     assert offenders == {}

@@ -48,9 +48,7 @@ def apply(state: RunState, *commands: Command, at: dt.datetime = T0) -> RunState
     return state
 
 
-def created(
-    required: tuple[str, ...] = ("a", "b"), time_limit: float | None = None, attempts: int = 2
-) -> RunState:
+def created(required: tuple[str, ...] = ("a", "b"), time_limit: float | None = None, attempts: int = 2) -> RunState:
     return apply(
         initial_state(RUN),
         CreateRun(

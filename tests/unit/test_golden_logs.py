@@ -17,7 +17,7 @@ from shared.domain.evolve import fold
 from shared.domain.state import initial_state
 
 GOLDEN = pathlib.Path(__file__).parent.parent / "fixtures" / "golden"
-decoder = msgspec.json.Decoder(list[RunEvent])  # type: ignore[valid-type]
+decoder = msgspec.json.Decoder(list[RunEvent])
 
 
 def load(name: str) -> list[RunEvent]:

@@ -17,9 +17,7 @@ def test_defaults_and_route_prefix() -> None:
 
 
 def test_values_are_converted_from_text() -> None:
-    settings = load_settings(
-        CommonSettings, {"PORT": "9001", "RELAY_ENABLED": "false", "SHUTDOWN_TIMEOUT": "2.5"}
-    )
+    settings = load_settings(CommonSettings, {"PORT": "9001", "RELAY_ENABLED": "false", "SHUTDOWN_TIMEOUT": "2.5"})
     assert (settings.port, settings.relay_enabled, settings.shutdown_timeout) == (9001, False, 2.5)
 
 
