@@ -19,6 +19,7 @@ import re
 import uuid
 from dataclasses import dataclass
 
+import msgspec
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 _PREFIX = re.compile(r"^[a-zA-Z0-9_-]+(\.[a-zA-Z0-9_-]+)*$")
@@ -88,3 +89,30 @@ class Subjects:
             storage=StorageType.FILE,
             duplicate_window=DUPLICATE_WINDOW_SECONDS,
         )
+
+
+class RunJob(msgspec.Struct, frozen=True, kw_only=True):
+    """A run to execute, published on ``<p>.jobs.run`` (JetStream work queue).
+
+    ``Nats-Msg-Id`` is ``<run_id>:<queued_seq>`` so a scheduler that republishes after a crash
+    does not queue the same admission twice. ``queued_seq`` is the run's sequence number of the
+    ``queued`` or ``retried`` event this job belongs to: an executor drops a job whose run has
+    moved on (cancelled, already taken) instead of running it.
+    """
+
+    run_id: uuid.UUID
+    task_id: uuid.UUID
+    queued_seq: int
+
+    @property
+    def msg_id(self) -> str:
+        return f"{self.run_id}:{self.queued_seq}"
+
+
+class LogLine(msgspec.Struct, frozen=True, kw_only=True):
+    """One line a task printed, published live on ``<p>.logs.<run_id>`` (not persisted there)."""
+
+    run_id: uuid.UUID
+    stream: str  # "stdout" or "stderr"
+    line: str
+    at: str  # RFC 3339

@@ -36,6 +36,13 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
     log_format: str = "json"
     shutdown_timeout: float = 30.0
     relay_enabled: bool = True
+    blob_backend: str = "local"
+    s3_endpoint_url: str = ""
+    s3_bucket: str = ""
+    s3_prefix: str = ""
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = ""
 
     @property
     def route_prefix(self) -> str:
@@ -56,6 +63,10 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("NATS_URL: expected a nats:// URL")
         if self.shutdown_timeout < 0:
             raise SettingsError("SHUTDOWN_TIMEOUT: must not be negative")
+        if self.blob_backend not in ("local", "s3"):
+            raise SettingsError(f"BLOB_BACKEND: {self.blob_backend!r} is not local or s3")
+        if self.blob_backend == "s3" and not self.s3_bucket:
+            raise SettingsError("S3_BUCKET: required when BLOB_BACKEND is s3")
 
 
 S = TypeVar("S", bound=CommonSettings)

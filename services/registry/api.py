@@ -15,11 +15,11 @@ from aiohttp import BodyPartReader, web
 
 from services.registry.bundle import BundleError
 from services.registry.catalogue import TaskExists, TaskRecord
-from services.registry.descriptor import DescriptorError
-from services.registry.descriptor_wire import task_description, task_inputs, task_outputs
 from services.registry.handlers import Registry, TaskNotFound, descriptor_of
 from services.registry.image import ImageArchiveError
 from shared.blobstore import BlobStore
+from shared.descriptor.model import DescriptorError
+from shared.descriptor.wire import task_description, task_inputs, task_outputs
 from shared.web import ApiError, json_response, render_errors
 
 log = structlog.get_logger("registry.api")

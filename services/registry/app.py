@@ -12,7 +12,7 @@ from services.registry.bundle import BundleLimits
 from services.registry.catalogue import MIGRATIONS, Catalogue
 from services.registry.handlers import Registry
 from services.registry.settings import RegistrySettings
-from shared.blobstore import LocalBlobStore
+from shared.blobs import open_blob_store
 from shared.runlog.schema import migrate
 from shared.service import POOL, STORE, infrastructure
 from shared.web import create_app
@@ -28,17 +28,17 @@ def build_app(settings: RegistrySettings) -> web.Application:
         data = pathlib.Path(settings.data_dir)
         uploads = data / "tmp" / "uploads"
         uploads.mkdir(parents=True, exist_ok=True)
-        blobs = LocalBlobStore(data / "blobs")
         limits = BundleLimits(
             max_entries=settings.max_bundle_entries,
             max_uncompressed_bytes=settings.max_bundle_uncompressed_size,
             max_ratio=settings.max_bundle_compression_ratio,
         )
-        app[BLOBS] = blobs
         app[UPLOADS] = uploads
         app[MAX_BUNDLE] = settings.max_bundle_size
-        app[REGISTRY] = Registry(Catalogue(app[STORE]), blobs, limits, uploads)
-        yield
+        async with open_blob_store(settings) as blobs:
+            app[BLOBS] = blobs
+            app[REGISTRY] = Registry(Catalogue(app[STORE]), blobs, limits, uploads)
+            yield
 
     app.cleanup_ctx.append(registry_ctx)
     install_error_renderers(app)

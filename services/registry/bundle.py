@@ -20,7 +20,7 @@ import zlib
 
 import msgspec
 
-from services.registry.descriptor import Descriptor, parse_descriptor
+from shared.descriptor.model import Descriptor, parse_descriptor
 
 MAX_DESCRIPTOR_BYTES = 1024 * 1024
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -19,9 +19,10 @@ import structlog
 
 from services.registry.bundle import BundleContents, BundleLimits, extract_entry, inspect_bundle
 from services.registry.catalogue import Catalogue, TaskExists, TaskRecord
-from services.registry.descriptor import Descriptor, image_name
 from services.registry.image import inspect_image_archive
+from shared import layout
 from shared.blobstore import BlobStore
+from shared.descriptor.model import Descriptor, image_name
 from shared.domain.task_events import TaskDeleted, TaskParameter, TaskRegistered, TaskResources
 
 log = structlog.get_logger("registry")
@@ -85,13 +86,13 @@ class Registry:
     ) -> TaskRecord:
         d = contents.descriptor
         task_id = uuid.uuid4()
-        prefix = f"tasks/{task_id}"
+        prefix = layout.task_prefix(task_id)
         try:
-            descriptor_blob = await self.blobs.put_stream(f"{prefix}/descriptor.yml", _bytes(contents.descriptor_bytes))
+            descriptor_blob = await self.blobs.put_stream(layout.task_descriptor(task_id), _bytes(contents.descriptor_bytes))
             logo_blob = None
             if contents.logo is not None:
-                logo_blob = await self.blobs.put_stream(f"{prefix}/logo.png", _bytes(contents.logo))
-            image_blob = await self.blobs.put_file(f"{prefix}/image.tar", image_tar)
+                logo_blob = await self.blobs.put_stream(layout.task_logo(task_id), _bytes(contents.logo))
+            image_blob = await self.blobs.put_file(layout.task_image(task_id), image_tar)
             now = self.clock()
             record = TaskRecord(
                 id=task_id,
@@ -166,5 +167,5 @@ class Registry:
         event = TaskDeleted(task_id=record.id, namespace=namespace, version=version, at=self.clock())
         if not await self.catalogue.delete(record, event):
             raise TaskNotFound(f"{namespace}/{version}")
-        await self.blobs.delete_prefix(f"tasks/{record.id}")
+        await self.blobs.delete_prefix(layout.task_prefix(record.id))
         log.info("task.deleted", task_id=str(record.id), namespace=namespace, version=version)

@@ -81,6 +81,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON {s}.events
         FOR EACH STATEMENT EXECUTE FUNCTION {s}.refuse_change();
     """,
+    # services find live tasks by namespace and version from the task events
+    """
+    CREATE INDEX events_task_name ON {s}.events ((payload->>'namespace'), (payload->>'version'))
+        WHERE aggregate = 'task' AND type = 'registered';
+    """,
 )
 
 

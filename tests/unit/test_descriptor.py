@@ -13,15 +13,15 @@ import msgspec
 import pytest
 import yaml
 
-from services.registry.descriptor import (
+from shared.descriptor.fields import duration_seconds, memory_bytes
+from shared.descriptor.model import (
     Descriptor,
     DescriptorSyntaxError,
     DescriptorValidationError,
     image_name,
     parse_descriptor,
 )
-from services.registry.descriptor_fields import duration_seconds, memory_bytes
-from services.registry.descriptor_types import ArrayType, DatetimeType, IntegerType, NumberType
+from shared.descriptor.types import ArrayType, DatetimeType, IntegerType, NumberType
 
 FIXTURES = pathlib.Path(__file__).parent.parent / "fixtures" / "descriptors"
 INDEX = json.loads((FIXTURES / "INDEX.json").read_text())

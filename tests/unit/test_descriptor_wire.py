@@ -11,8 +11,8 @@ import msgspec
 import pytest
 import yaml
 
-from services.registry.descriptor import parse_descriptor
-from services.registry.descriptor_wire import (
+from shared.descriptor.model import parse_descriptor
+from shared.descriptor.wire import (
     default_text,
     parameter_id,
     task_description,

@@ -2,7 +2,7 @@
 
 :func:`parse_descriptor` turns the bytes of a descriptor into a frozen :class:`Descriptor`, or
 raises :class:`DescriptorSyntaxError` (not one readable, bounded YAML document; see
-:mod:`services.registry.descriptor_yaml`) or :class:`DescriptorValidationError`, which carries
+:mod:`shared.descriptor.yaml_loader`) or :class:`DescriptorValidationError`, which carries
 *every* violation with its field path. Both render the upstream error body (HTTP 400).
 
 Checked beyond the upstream v0 schema (reference §4, §12.2), deliberately:
@@ -12,8 +12,8 @@ Checked beyond the upstream v0 schema (reference §4, §12.2), deliberately:
   documented, and must be absolute, not ``/``, free of ``..`` and distinct;
 * memory sizes are parsed to bytes (``resources.ram`` > 0), ``cpus`` >= 1, ``gpus`` >= 0;
 * the namespace must give a valid Docker repository name (see :func:`image_name`);
-* types, defaults and dependencies: see :mod:`~services.registry.descriptor_types` and
-  :mod:`~services.registry.descriptor_parameters`.
+* types, defaults and dependencies: see :mod:`~shared.descriptor.types` and
+  :mod:`~shared.descriptor.parameters`.
 
 Unknown keys are ignored at every level, as upstream does (real descriptors carry ``identifier``,
 ``external.dois``, ``le:``...).
@@ -31,7 +31,7 @@ from typing import Any, Final
 
 import msgspec
 
-from services.registry.descriptor_fields import (
+from shared.descriptor.fields import (
     Fields,
     Violation,
     Violations,
@@ -39,8 +39,8 @@ from services.registry.descriptor_fields import (
     duration_seconds,
     memory_bytes,
 )
-from services.registry.descriptor_parameters import Input, Output, parse_parameters
-from services.registry.descriptor_yaml import YamlRejected, load_yaml
+from shared.descriptor.parameters import Input, Output, parse_parameters
+from shared.descriptor.yaml_loader import YamlRejected, load_yaml
 
 __all__ = [
     "Author",

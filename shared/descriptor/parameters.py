@@ -19,8 +19,8 @@ from typing import Any, Final
 
 import msgspec
 
-from services.registry.descriptor_fields import Fields, Path, Violations, describe
-from services.registry.descriptor_types import ArrayType, Default, ParameterType, parse_default, parse_type
+from shared.descriptor.fields import Fields, Path, Violations, describe
+from shared.descriptor.types import ArrayType, Default, ParameterType, parse_default, parse_type
 
 _PARAMETER_NAME: Final = re.compile(r"^[a-zA-Z0-9_]+$")
 _REFERENCE: Final = re.compile(r"^(inputs|outputs)/([a-zA-Z0-9_]+)$")

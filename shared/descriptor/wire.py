@@ -21,8 +21,8 @@ from typing import Literal
 
 import msgspec
 
-from services.registry.descriptor import Descriptor, Input, Output
-from services.registry.descriptor_types import (
+from shared.descriptor.model import Descriptor, Input, Output
+from shared.descriptor.types import (
     ArrayType,
     BooleanType,
     DatetimeType,

@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import msgspec
 
-from services.registry.descriptor_fields import (
+from shared.descriptor.fields import (
     Path,
     Violations,
     as_int,

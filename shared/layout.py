@@ -1,0 +1,42 @@
+"""Where things live in the blob store: one function per kind of blob, used by every service.
+
+``tasks/<task_id>/descriptor.yml|logo.png|image.tar`` (registry),
+``runs/<run_id>/inputs/<parameter>[/<index>...]`` and ``runs/<run_id>/outputs/...`` (storage),
+``runs/<run_id>/logs/task.log`` (executor).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+
+def task_prefix(task_id: uuid.UUID) -> str:
+    return f"tasks/{task_id}"
+
+
+def task_descriptor(task_id: uuid.UUID) -> str:
+    return f"tasks/{task_id}/descriptor.yml"
+
+
+def task_logo(task_id: uuid.UUID) -> str:
+    return f"tasks/{task_id}/logo.png"
+
+
+def task_image(task_id: uuid.UUID) -> str:
+    return f"tasks/{task_id}/image.tar"
+
+
+def run_prefix(run_id: uuid.UUID) -> str:
+    return f"runs/{run_id}"
+
+
+def run_inputs(run_id: uuid.UUID) -> str:
+    return f"runs/{run_id}/inputs"
+
+
+def run_outputs(run_id: uuid.UUID) -> str:
+    return f"runs/{run_id}/outputs"
+
+
+def run_log(run_id: uuid.UUID) -> str:
+    return f"runs/{run_id}/logs/task.log"
