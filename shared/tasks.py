@@ -21,8 +21,12 @@ _decoder: msgspec.json.Decoder[TaskEvent] = msgspec.json.Decoder(TaskEvent)
 
 
 class Task(msgspec.Struct, frozen=True, kw_only=True):
+    """A task as registered. A deleted task keeps its registration (runs still name it) but its
+    descriptor may be gone with its files."""
+
     registered: TaskRegistered
-    descriptor: Descriptor
+    descriptor: Descriptor | None
+    deleted: bool = False
 
     @property
     def id(self) -> uuid.UUID:
@@ -42,8 +46,10 @@ class TaskDirectory:
             "ORDER BY e.position DESC LIMIT 1"
         )
 
-    async def by_id(self, task_id: uuid.UUID) -> Task | None:
+    async def by_id(self, task_id: uuid.UUID, *, include_deleted: bool = False) -> Task | None:
+        """The live task with this id (or also a deleted one, with ``include_deleted``)."""
         registered: TaskRegistered | None = None
+        deleted = False
         for stored in await self._store.read(task_id):
             if stored.aggregate != "task":
                 return None
@@ -51,11 +57,13 @@ class TaskDirectory:
             if isinstance(event, TaskRegistered):
                 registered = event
             else:
-                return None  # deleted
-        if registered is None:
+                deleted = True
+        if registered is None or (deleted and not include_deleted):
             return None
         descriptor = await self._descriptor(task_id)
-        return None if descriptor is None else Task(registered=registered, descriptor=descriptor)
+        if descriptor is None and not include_deleted:
+            return None
+        return Task(registered=registered, descriptor=descriptor, deleted=deleted)
 
     async def by_name(self, namespace: str, version: str) -> Task | None:
         task_id = await self._store.pool.fetchval(self._sql_by_name, namespace, version)

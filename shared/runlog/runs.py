@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import msgspec
 
 from shared.domain.decide import Command, decide
-from shared.domain.events import RunEvent, event_tag
+from shared.domain.events import RunEvent, RunStatus, event_tag
 from shared.domain.evolve import evolve
 from shared.domain.state import RunState, initial_state
 from shared.runlog.store import ConcurrencyError, CorruptLog, EventStore, NewEvent, RunRow, StoredEvent
@@ -74,7 +74,16 @@ def run_row(state: RunState) -> RunRow:
         updated_at=state.updated_at,
         ended_at=state.ended_at,
         failure=failure,
+        deadline=_deadline(state),
     )
+
+
+def _deadline(state: RunState) -> dt.datetime | None:
+    if state.status is RunStatus.QUEUED:
+        return state.queue_deadline
+    if state.status is RunStatus.RUNNING and not state.cancel_requested:
+        return state.deadline
+    return None
 
 
 class RunLog:

@@ -86,6 +86,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX events_task_name ON {s}.events ((payload->>'namespace'), (payload->>'version'))
         WHERE aggregate = 'task' AND type = 'registered';
     """,
+    # the scheduler's watchdog finds runs whose queue or time limit has passed
+    """
+    ALTER TABLE {s}.runs ADD COLUMN deadline TIMESTAMPTZ;
+    CREATE INDEX runs_deadline ON {s}.runs (deadline) WHERE deadline IS NOT NULL;
+    """,
 )
 
 

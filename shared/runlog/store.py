@@ -78,6 +78,7 @@ class RunRow(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: dt.datetime | None
     ended_at: dt.datetime | None
     failure: str | None  # JSON text
+    deadline: dt.datetime | None = None  # queue deadline while QUEUED, time limit while RUNNING
 
     def values(self) -> tuple[object, ...]:
         return tuple(getattr(self, f) for f in self.__struct_fields__)

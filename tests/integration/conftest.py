@@ -13,6 +13,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from services.registry.app import build_app
 from services.registry.settings import RegistrySettings
+from services.scheduler.app import build_app as build_scheduler
+from services.scheduler.settings import SchedulerSettings
 from shared.contracts import Subjects
 from shared.settings import load_settings
 from tests.images import build_image, require_docker, save_image
@@ -94,6 +96,28 @@ async def registry(
     """The registry service over HTTP, its data under ``tmp_path/data``."""
     env = service_env(schema, subjects, database_url, nats_url, tmp_path / "data")
     async with TestClient(TestServer(build_app(load_settings(RegistrySettings, env)))) as c:
+        yield c
+    await delete_streams(nats_url, subjects)
+
+
+@pytest.fixture
+def scheduler_env() -> dict[str, str]:
+    """Extra settings for the scheduler of a test (tests override watchdog timings here)."""
+    return {"WATCHDOG_INTERVAL": "0.2"}
+
+
+@pytest.fixture
+async def scheduler(
+    schema: str,
+    subjects: Subjects,
+    database_url: str,
+    nats_url: str,
+    tmp_path: pathlib.Path,
+    scheduler_env: dict[str, str],
+) -> AsyncIterator[Client]:
+    """The scheduler service over HTTP, sharing the registry's schema, prefix and data."""
+    env = service_env(schema, subjects, database_url, nats_url, tmp_path / "data") | scheduler_env
+    async with TestClient(TestServer(build_scheduler(load_settings(SchedulerSettings, env)))) as c:
         yield c
     await delete_streams(nats_url, subjects)
 
