@@ -190,7 +190,7 @@ async def test_deleting_a_task_cancels_its_active_runs(
 
     async def cancelled() -> bool:
         body = await (await scheduler.get(f"{P}/task-runs/{run}")).json()
-        return body["state"] == "FAILED" and body["failure"]["code"] == "CANCELLED"
+        return bool(body["state"] == "FAILED" and body["failure"]["code"] == "CANCELLED")
 
     await eventually(cancelled, within=15, what="run cancelled after its task was deleted")
     body = await (await scheduler.get(f"{P}/task-runs/{run}")).json()
@@ -215,6 +215,7 @@ async def test_queue_timeout_fails_the_run(scheduler: Client, runlog: RunLog, ta
         return body if body["state"] == "FAILED" else None
 
     body = await eventually(timed_out, within=15, what="queue timeout")
+    assert body is not None
     assert body["failure"]["code"] == "TIMEOUT" and body["failure"]["stage"] == "QUEUE"
 
 
