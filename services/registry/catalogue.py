@@ -149,7 +149,7 @@ class Catalogue:
 def _new_event(event: TaskRegistered | TaskDeleted, state: str) -> NewEvent:
     return NewEvent(
         id=uuid.uuid4(),
-        type=type(event).__struct_config__.tag,  # type: ignore[arg-type]
+        type=str(type(event).__struct_config__.tag),
         occurred_at=event.at,
         state=state,
         payload=_encoder.encode(event),

@@ -12,7 +12,7 @@ import contextlib
 import datetime as dt
 import pathlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import msgspec
 import structlog
@@ -22,7 +22,7 @@ from services.registry.catalogue import Catalogue, TaskExists, TaskRecord
 from services.registry.image import inspect_image_archive
 from shared import layout
 from shared.blobstore import BlobStore
-from shared.descriptor.model import Descriptor, image_name
+from shared.descriptor.model import Descriptor, Input, Output, image_name
 from shared.domain.task_events import TaskDeleted, TaskParameter, TaskRegistered, TaskResources
 
 log = structlog.get_logger("registry")
@@ -38,11 +38,9 @@ def descriptor_of(record: TaskRecord) -> Descriptor:
     return _descriptor_decoder.decode(record.descriptor)
 
 
-def _parameters(descriptor: Descriptor, kind: str) -> tuple[TaskParameter, ...]:
-    params = descriptor.inputs if kind == "inputs" else descriptor.outputs
+def _parameters(params: Sequence[Input | Output]) -> tuple[TaskParameter, ...]:
     return tuple(
-        TaskParameter(name=p.name, type=p.type.__struct_config__.tag, optional=getattr(p, "optional", False))  # type: ignore[arg-type]
-        for p in params
+        TaskParameter(name=p.name, type=str(p.type.__struct_config__.tag), optional=p.optional) for p in params
     )
 
 
@@ -88,7 +86,9 @@ class Registry:
         task_id = uuid.uuid4()
         prefix = layout.task_prefix(task_id)
         try:
-            descriptor_blob = await self.blobs.put_stream(layout.task_descriptor(task_id), _bytes(contents.descriptor_bytes))
+            descriptor_blob = await self.blobs.put_stream(
+                layout.task_descriptor(task_id), _bytes(contents.descriptor_bytes)
+            )
             logo_blob = None
             if contents.logo is not None:
                 logo_blob = await self.blobs.put_stream(layout.task_logo(task_id), _bytes(contents.logo))
@@ -129,8 +129,8 @@ class Registry:
                     ),
                     input_folder=d.configuration.input_folder,
                     output_folder=d.configuration.output_folder,
-                    inputs=_parameters(d, "inputs"),
-                    outputs=_parameters(d, "outputs"),
+                    inputs=_parameters(d.inputs),
+                    outputs=_parameters(d.outputs),
                     time_limit_seconds=resources.time_limit_seconds,
                     at=now,
                 ),
