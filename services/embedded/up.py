@@ -22,6 +22,7 @@ import structlog
 from aiohttp import web
 
 from services.embedded.datadir import (
+    LOOPBACK,
     EmbeddedState,
     Layout,
     StartupFailed,
@@ -142,11 +143,17 @@ async def _start_services(
     database_url: str,
     nats: str,
 ) -> dict[str, int]:
+    ports: dict[str, int] = {}
+
     def prepare(name: str) -> Callable[[], ProcessSpec]:
         def spec() -> ProcessSpec:
-            # a fresh port on every start: a service that crashed may have left its port in use
-            port = free_port()
+            # a fresh port on every start (a crashed service may have left its port in use), except
+            # that storage keeps its port when it can: executors reach it at STORAGE_URL
+            port = free_port(ports.get(name)) if name == "storage" else free_port()
+            ports[name] = port
             env = service_env(os.environ, database_url=database_url, nats_url=nats, data_dir=layout.files, port=port)
+            if name == "executor" and "storage" in ports:
+                env.setdefault("STORAGE_URL", f"http://{LOOPBACK}:{ports['storage']}")
             return ProcessSpec(
                 argv=[sys.executable, "-m", f"services.{name}"],
                 env=env,
