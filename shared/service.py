@@ -94,13 +94,21 @@ def postgres_ctx(settings: CommonSettings) -> CleanupCtx:
 
 
 async def ensure_streams(js: JetStreamContext, subjects: Subjects) -> None:
-    """Create or update the event and job streams (idempotent; safe from several services)."""
+    """Create the event and job streams when missing (safe from several services at once).
+
+    An existing stream is left as it is: operators size it (replicas, ``max_bytes``,
+    ``max_age``) after creation, and a service restart must not undo that. Only a stream that no
+    longer captures our subjects is reported, loudly.
+    """
     for config in (subjects.events_stream_config(), subjects.jobs_stream_config()):
         try:
             await js.add_stream(config)
         except BadRequestError:
-            # exists with another configuration: bring it to ours
-            await js.update_stream(config)
+            assert config.name is not None
+            info = await js.stream_info(config.name)
+            missing = set(config.subjects or ()) - set(info.config.subjects or ())
+            if missing:
+                log.error("nats.stream_misconfigured", stream=config.name, missing_subjects=sorted(missing))
 
 
 def nats_ctx(settings: CommonSettings, name: str) -> CleanupCtx:
@@ -111,11 +119,14 @@ def nats_ctx(settings: CommonSettings, name: str) -> CleanupCtx:
 
         async def connect() -> NATS:
             return await nats.connect(
-                settings.nats_url,
+                # several servers of a cluster may be listed, comma-separated
+                [url.strip() for url in settings.nats_url.split(",") if url.strip()],
                 name=f"appengine-{name}",
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
                 connect_timeout=2,
+                # at shutdown the consumers are already stopped: nothing worth waiting 30 s for
+                drain_timeout=5,
             )
 
         nc = await _retrying("nats", connect)

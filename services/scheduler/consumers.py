@@ -69,6 +69,15 @@ async def consume(js: JetStreamContext, stream: str, durable: str, subject: str,
         filter_subject=subject,
     )
     sub = await js.pull_subscribe(subject, durable=durable, stream=stream, config=config)
+    try:
+        await _pull(sub, durable, handle)
+    finally:
+        # leave the durable consumer on the server; only this process's interest goes
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+async def _pull(sub: JetStreamContext.PullSubscription, durable: str, handle: Handler) -> None:
     while True:
         try:
             msgs = await sub.fetch(batch=64, timeout=5)
