@@ -6,7 +6,7 @@ Subjects (``<p>`` is the configurable prefix, default ``appengine``):
 * ``<p>.task.<task_id>.<type>``: task events, same stream;
 * ``<p>.jobs.run``: work queue from scheduler to executors, stream ``<P>_JOBS``;
 * ``<p>.logs.<run_id>``: live log lines of a run (core NATS, not persisted);
-* ``<p>.cmd.<name>``: request-reply command API for Cytomine core.
+* ``<p>.outbox.<schema>``: empty wake-up messages from appenders to the relay (core NATS).
 
 The message on the event subjects is :class:`shared.runlog.store.StoredEvent` encoded as JSON,
 with header ``Nats-Msg-Id`` = the event id (JetStream drops duplicates by it). The same
@@ -68,8 +68,9 @@ class Subjects:
     def logs(self, run_id: uuid.UUID | str) -> str:
         return f"{self.prefix}.logs.{run_id}"
 
-    def command(self, name: str) -> str:
-        return f"{self.prefix}.cmd.{name}"
+    def outbox_wake(self, schema: str) -> str:
+        """Core NATS subject on which appenders wake the relay of ``schema`` after a commit."""
+        return f"{self.prefix}.outbox.{schema}"
 
     def events_stream_config(self) -> StreamConfig:
         return StreamConfig(

@@ -136,6 +136,12 @@ def nats_ctx(settings: CommonSettings, name: str) -> CleanupCtx:
         app[NATS_CLIENT] = nc
         app[JETSTREAM] = js
         app[SUBJECTS] = subjects
+        wake_subject = subjects.outbox_wake(settings.database_schema)
+
+        async def wake_relay() -> None:
+            await nc.publish(wake_subject, b"")
+
+        app[STORE].on_commit = wake_relay
 
         async def check() -> None:
             if not nc.is_connected:
@@ -176,6 +182,7 @@ def relay_ctx(settings: CommonSettings) -> CleanupCtx:
             settings.database_schema,
             app[JETSTREAM],
             app[SUBJECTS],
+            wake_source=app[NATS_CLIENT],
         )
         app[RELAY] = relay
         async with owned_task("relay", relay.run()):

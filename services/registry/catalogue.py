@@ -131,6 +131,7 @@ class Catalogue:
             except asyncpg.UniqueViolationError as exc:
                 raise TaskExists(f"{record.namespace} {record.version}") from exc
             await self.store.append("task", record.id, 0, [_new_event(event, "REGISTERED")], conn=conn)
+        await self.store.wake()
 
     async def delete(self, record: TaskRecord, event: TaskDeleted) -> bool:
         """Mark the task deleted and append ``task.deleted``; False if it was already gone."""
@@ -143,6 +144,7 @@ class Catalogue:
             if done is None:
                 return False
             await self.store.append("task", record.id, 1, [_new_event(event, "DELETED")], conn=conn)
+        await self.store.wake()
         return True
 
 

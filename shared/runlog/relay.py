@@ -11,7 +11,10 @@ Guarantees (tested in ``tests/integration/test_relay.py`` by killing relays and 
 * one relay at a time: the active relay holds a session advisory lock on its connection. When
   its process dies the connection drops, PostgreSQL frees the lock and a standby takes over
   within ``standby_retry`` seconds;
-* woken on commit: appends ``NOTIFY`` in the same statement; polling is only a fallback.
+* woken on commit: appenders publish an empty message on ``<p>.outbox.<schema>`` (core NATS)
+  right after their commit (``EventStore.on_commit``); polling every ``poll_interval`` is the
+  fallback for a wake-up lost in a crash. PostgreSQL ``NOTIFY`` is not used: it serialises every
+  notifying commit of the cluster on one lock (``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
@@ -24,12 +27,15 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import msgspec
 import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from prometheus_client import Counter, Gauge
 
 from shared.contracts import Subjects
 from shared.runlog.schema import lock_key
-from shared.runlog.store import StoredEvent, notify_channel, record_to_event
+from shared.runlog.store import StoredEvent, record_to_event
 
 log = structlog.get_logger("relay")
 
@@ -54,7 +60,8 @@ class Relay:
         subjects: Subjects,
         *,
         batch_size: int = 1000,
-        poll_interval: float = 1.0,
+        poll_interval: float = 0.2,
+        wake_source: NATS | None = None,
         standby_retry: float = 0.5,
         publish_timeout: float = 5.0,
     ) -> None:
@@ -66,6 +73,7 @@ class Relay:
         self._poll_interval = poll_interval
         self._standby_retry = standby_retry
         self._publish_timeout = publish_timeout
+        self._wake_source = wake_source
         self._wake = asyncio.Event()
         self.active = False
         self._sql_batch = (
@@ -91,6 +99,7 @@ class Relay:
 
     async def _session(self) -> None:
         conn = await self._connect()
+        wake_sub: Subscription | None = None
         try:
             leader = await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key(self._schema, "relay"))
             if not leader:
@@ -99,7 +108,8 @@ class Relay:
             self.active = True
             ACTIVE.set(1)
             log.info("relay.active", schema=self._schema)
-            await conn.add_listener(notify_channel(self._schema), self._on_notify)
+            if self._wake_source is not None:
+                wake_sub = await self._wake_source.subscribe(self._subjects.outbox_wake(self._schema), cb=self._on_wake)
             while not conn.is_closed():
                 self._wake.clear()
                 moved = await self._drain(conn)
@@ -107,6 +117,9 @@ class Relay:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self._poll_interval)
         finally:
+            if wake_sub is not None:
+                with contextlib.suppress(Exception):
+                    await wake_sub.unsubscribe()
             if self.active:
                 ACTIVE.set(0)
                 self.active = False
@@ -114,7 +127,7 @@ class Relay:
             with contextlib.suppress(Exception):
                 await asyncio.shield(conn.close(timeout=2))
 
-    def _on_notify(self, *_: object) -> None:
+    async def _on_wake(self, _: Msg) -> None:
         self._wake.set()
 
     async def _drain(self, conn: asyncpg.Connection) -> int:

@@ -4,22 +4,31 @@ Layers, as in pyeventsourcing: :class:`NewEvent` / :class:`StoredEvent` are the 
 module is the recorder; :mod:`shared.runlog.runs` maps run events to records.
 
 An append is one SQL statement (so one round trip and one implicit transaction) whose
-data-modifying CTEs insert the events, queue their positions in the outbox, upsert the run read
-model and NOTIFY the relay. Optimistic concurrency: the append names the sequence it expects; it
-inserts nothing unless the aggregate's head is that sequence, and the primary key
-``(aggregate_id, seq)`` makes the loser of two concurrent appends fail.
+data-modifying CTEs insert the events, queue their positions in the outbox and upsert the run
+read model. It does not ``NOTIFY``: PostgreSQL serialises every notifying commit of the whole
+cluster on one lock, which capped appends at a third of the plain-insert rate
+(``docs/benchmarks.md``). The relay is woken by ``on_commit`` instead.
+
+Optimistic concurrency: the append names the sequence it expects; it inserts nothing unless the
+aggregate's head is that sequence, and the primary key ``(aggregate_id, seq)`` makes the loser of
+two concurrent appends fail.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import asyncpg
 import msgspec
 
 from shared.runlog.schema import Conn, check_schema_name
+
+# Called after every committed append: how the relay is woken (see shared/service.py). Best
+# effort: the relay also polls, so a lost wake-up only delays publication.
+OnCommit = Callable[[], Awaitable[None]]
 
 
 class RunLogError(Exception):
@@ -91,10 +100,6 @@ _SELECT_EVENT = (
 )
 
 
-def notify_channel(schema: str) -> str:
-    return f"{schema}_events"
-
-
 def record_to_event(r: asyncpg.Record) -> StoredEvent:
     return StoredEvent(
         id=r["event_id"],
@@ -113,10 +118,10 @@ def record_to_event(r: asyncpg.Record) -> StoredEvent:
 class EventStore:
     """Appends to and reads from the event log in one PostgreSQL schema."""
 
-    def __init__(self, pool: asyncpg.Pool, schema: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, schema: str, on_commit: OnCommit | None = None) -> None:
         self.pool = pool
+        self.on_commit = on_commit
         self.schema = s = check_schema_name(schema)
-        self.channel = notify_channel(s)
         insert = f"""
             WITH head AS (
                 SELECT coalesce(max(seq), 0) AS seq FROM {s}.events WHERE aggregate_id = $2
@@ -132,8 +137,7 @@ class EventStore:
             ), ob AS (
                 INSERT INTO {s}.outbox (position) SELECT position FROM ev
             ){{extra}}
-            SELECT position, seq, recorded_at, (SELECT pg_notify('{self.channel}', '')) AS n
-            FROM ev ORDER BY seq
+            SELECT position, seq, recorded_at FROM ev ORDER BY seq
         """
         cols = ", ".join(RUN_COLUMNS)
         params = ", ".join(f"${i}" for i in range(9, 9 + len(RUN_COLUMNS)))
@@ -185,6 +189,9 @@ class EventStore:
             raise ConcurrencyError(f"{aggregate} {aggregate_id}: sequence {expected_seq} is taken") from exc
         if len(rows) != len(events):
             raise ConcurrencyError(f"{aggregate} {aggregate_id}: head is not at {expected_seq}")
+        if conn is None:
+            # inside a caller's transaction the commit is the caller's: it calls wake() after
+            await self.wake()
         return [
             StoredEvent(
                 id=e.id,
@@ -200,6 +207,12 @@ class EventStore:
             )
             for e, r in zip(events, rows, strict=True)
         ]
+
+    async def wake(self) -> None:
+        """Tell the relay there is something to publish (best effort)."""
+        if self.on_commit is not None:
+            with contextlib.suppress(Exception):
+                await self.on_commit()
 
     async def read(self, aggregate_id: uuid.UUID, after_seq: int = 0) -> list[StoredEvent]:
         """An aggregate's events after ``after_seq``, in sequence order."""

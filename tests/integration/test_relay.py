@@ -16,6 +16,7 @@ import asyncpg
 import msgspec
 import nats
 import pytest
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from shared.contracts import Subjects
@@ -89,21 +90,37 @@ def connect_factory(database_url: str):  # type: ignore[no-untyped-def]
 async def test_committed_events_reach_jetstream_once_in_order(
     runlog: RunLog,
     store: EventStore,
+    nc: NATS,
     js: JetStreamContext,
     subjects: Subjects,
     database_url: str,
     schema: str,
 ) -> None:
-    relay = Relay(connect_factory(database_url), schema, js, subjects, poll_interval=5.0)
+    async def wake() -> None:
+        await nc.publish(subjects.outbox_wake(schema), b"")
+
+    store.on_commit = wake
+    relay = Relay(connect_factory(database_url), schema, js, subjects, poll_interval=5.0, wake_source=nc)
     async with relay_task(relay):
+        await eventually(lambda: _active(relay), what="relay active")
         runs = [await new_run(runlog) for _ in range(5)]
         for k in range(10):
             for run_id in runs:
                 await runlog.execute(run_id, ProvisionInput(parameter=PARAMS[k % 3]))
         # poll_interval is 5 s: reaching NATS sooner proves the relay is woken by the commit
-        await eventually(lambda: _empty(store), within=4, what="outbox drained by NOTIFY")
+        await eventually(lambda: _empty(store), within=4, what="outbox drained on wake-up")
     committed = await store.read_all(limit=10_000)
     assert_exactly_once_in_order(await stream_events(js, subjects.events_stream), committed)
+
+
+async def test_without_wake_ups_the_relay_still_polls(
+    runlog: RunLog, store: EventStore, js: JetStreamContext, subjects: Subjects, database_url: str, schema: str
+) -> None:
+    relay = Relay(connect_factory(database_url), schema, js, subjects, poll_interval=0.2)
+    async with relay_task(relay):
+        run_id = await new_run(runlog)
+        await runlog.execute(run_id, ProvisionInput(parameter="a"))
+        await eventually(lambda: _empty(store), within=5, what="outbox drained by polling")
 
 
 async def _empty(store: EventStore) -> bool:
