@@ -164,13 +164,14 @@ async def owned_task(name: str, work: Coroutine[Any, Any, None]) -> AsyncIterato
     try:
         yield task
     finally:
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
-        except Exception:
-            log.exception("task.failed", task=name)
+        # cancel until it ends: a library that swallows one cancellation must not hang shutdown
+        while not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=1.0)
+            if not task.done():
+                log.warning("task.cancel_ignored", task=name)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task.failed", task=name, error=repr(task.exception()))
 
 
 def relay_ctx(settings: CommonSettings) -> CleanupCtx:

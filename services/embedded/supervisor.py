@@ -100,7 +100,8 @@ async def stop_process(name: str, process: asyncio.subprocess.Process, spec: Pro
     if process.returncode is None:
         try:
             process.send_signal(spec.stop_signal)
-            await asyncio.wait_for(process.wait(), spec.stop_timeout)
+            async with asyncio.timeout(spec.stop_timeout):
+                await process.wait()
         except ProcessLookupError:
             pass
         except TimeoutError:

@@ -114,8 +114,11 @@ class Relay:
                 self._wake.clear()
                 moved = await self._drain(conn)
                 if moved < self._batch_size:
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                    # cancellation that lands as the wait ends, and the relay would never stop
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                        async with asyncio.timeout(self._poll_interval):
+                            await self._wake.wait()
         finally:
             if wake_sub is not None:
                 with contextlib.suppress(Exception):
