@@ -88,6 +88,20 @@ def render_errors(app: web.Application, renderers: dict[type[Exception], ErrorRe
     app[ERROR_RENDERERS].update(renderers)
 
 
+def query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter within ``[low, high]``; a 400 in the upstream format otherwise."""
+    text = request.query.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ApiError(400, "APPE-internal-request-validation-error", f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise ApiError(400, "APPE-internal-request-validation-error", f"{name} must be between {low} and {high}")
+    return value
+
+
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(body=msgspec.json.encode(data), status=status, content_type="application/json", headers=headers)
 

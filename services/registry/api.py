@@ -20,7 +20,7 @@ from services.registry.image import ImageArchiveError
 from shared.blobstore import BlobStore
 from shared.descriptor.model import DescriptorError
 from shared.descriptor.wire import task_description, task_inputs, task_outputs
-from shared.web import ApiError, json_response, render_errors
+from shared.web import ApiError, json_response, query_int, render_errors
 
 log = structlog.get_logger("registry.api")
 
@@ -128,15 +128,8 @@ async def list_tasks(request: web.Request) -> web.Response:
 
 
 def _page(request: web.Request) -> tuple[int, int | None]:
-    try:
-        offset = int(request.query.get("offset", "0"))
-        limit = int(request.query["limit"]) if "limit" in request.query else None
-    except ValueError:
-        raise ApiError(400, "APPE-internal-request-validation-error", "offset and limit must be integers") from None
-    if offset < 0 or (limit is not None and not 0 < limit <= 1000):
-        raise ApiError(
-            400, "APPE-internal-request-validation-error", "offset must be >= 0 and limit between 1 and 1000"
-        )
+    offset = query_int(request, "offset", 0, 0, 10**9)
+    limit = query_int(request, "limit", 0, 1, 1000) if "limit" in request.query else None
     return offset, limit
 
 

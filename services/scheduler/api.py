@@ -21,7 +21,7 @@ from services.scheduler.handlers import BadQuery, BadStateRequest, Scheduler, Ta
 from services.scheduler.views import state_action, task_body, task_run, task_run_response
 from shared.domain.events import RunStatus
 from shared.tasks import Task
-from shared.web import ApiError, json_response, render_errors
+from shared.web import ApiError, json_response, query_int, render_errors
 
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 _encoder = msgspec.json.Encoder()
@@ -119,19 +119,6 @@ async def run_events(request: web.Request) -> web.Response:
     return web.Response(body=_encoder.encode(history), content_type="application/json")
 
 
-def _int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    text = request.query.get(name)
-    if text is None:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise BadQuery(f"{name} must be an integer") from None
-    if not low <= value <= high:
-        raise BadQuery(f"{name} must be between {low} and {high}")
-    return value
-
-
 def _time(request: web.Request, name: str) -> dt.datetime | None:
     text = request.query.get(name)
     if text is None:
@@ -159,8 +146,8 @@ async def list_runs(request: web.Request) -> web.Response:
         states=states,
         since=_time(request, "since"),
         until=_time(request, "until"),
-        offset=_int(request, "offset", 0, 0, 10**9),
-        limit=_int(request, "limit", 100, 1, 1000),
+        offset=query_int(request, "offset", 0, 0, 10**9),
+        limit=query_int(request, "limit", 100, 1, 1000),
     )
     return json_response(items, headers={"X-Total-Count": str(total)})
 
@@ -170,12 +157,12 @@ async def event_feed(request: web.Request) -> web.Response:
     if aggregate not in (None, "run", "task"):
         raise BadQuery("aggregate must be run or task")
     events = await request.app[SCHEDULER].runlog.store.read_all(
-        after_position=_int(request, "after", 0, 0, 2**62),
-        limit=_int(request, "limit", 500, 1, 5000),
+        after_position=query_int(request, "after", 0, 0, 2**62),
+        limit=query_int(request, "limit", 500, 1, 5000),
         aggregate=aggregate,
         since=_time(request, "since"),
     )
-    next_after = events[-1].position if events else _int(request, "after", 0, 0, 2**62)
+    next_after = events[-1].position if events else query_int(request, "after", 0, 0, 2**62)
     body = {"events": events, "next": next_after}
     return web.Response(body=_encoder.encode(body), content_type="application/json")
 
