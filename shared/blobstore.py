@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import os
 import pathlib
@@ -63,6 +64,11 @@ class BlobStore(Protocol):
 
     async def put_file(self, key: str, path: pathlib.Path) -> BlobInfo:
         """Store a local file at ``key``; the file is left in place."""
+        ...
+
+    async def adopt(self, key: str, path: pathlib.Path) -> int:
+        """Store a local file at ``key``, consuming it; returns its size. A local backend on the
+        same file system renames it rather than copying gigabytes (and computes no digest)."""
         ...
 
     def get(self, key: str, *, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
@@ -133,8 +139,10 @@ class LocalBlobStore:
         return BlobInfo(key=key, size=size, sha256=digest.hexdigest())
 
     async def put_file(self, key: str, path: pathlib.Path) -> BlobInfo:
-        target = self.path(key)
-        return await asyncio.to_thread(_copy_atomic, path, target, key)
+        return await asyncio.to_thread(_copy_atomic, path, self.path(key), key)
+
+    async def adopt(self, key: str, path: pathlib.Path) -> int:
+        return await asyncio.to_thread(_move_atomic, path, self.path(key), key)
 
     async def get(self, key: str, *, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         path = self.path(key)
@@ -176,6 +184,21 @@ class LocalBlobStore:
 def _flush(f: BinaryIO) -> None:
     f.flush()
     os.fsync(f.fileno())
+
+
+def _move_atomic(source: pathlib.Path, target: pathlib.Path, key: str) -> int:
+    with source.open("rb") as f:
+        os.fsync(f.fileno())  # durable before it becomes visible under its key
+    target.parent.mkdir(parents=True, exist_ok=True)
+    size = source.stat().st_size
+    try:
+        os.replace(source, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        _copy_atomic(source, target, key)  # another file system: copy, then consume
+        source.unlink()
+    return size
 
 
 def _copy_atomic(source: pathlib.Path, target: pathlib.Path, key: str) -> BlobInfo:

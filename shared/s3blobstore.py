@@ -260,6 +260,11 @@ class S3BlobStore:
             part_size = max(self.part_size, -(-size // (MAX_PARTS * MiB)) * MiB)
             return await self._put(key, object_key, _read_file(f), part_size)
 
+    async def adopt(self, key: str, path: pathlib.Path) -> int:
+        info = await self.put_file(key, path)
+        path.unlink()
+        return info.size
+
     async def _put(self, key: str, object_key: str, chunks: AsyncIterator[bytes], part_size: int) -> BlobInfo:
         upload = _Upload(self.client, self.bucket, object_key, key)
         digest = hashlib.sha256()

@@ -92,7 +92,8 @@ class Registry:
             logo_blob = None
             if contents.logo is not None:
                 logo_blob = await self.blobs.put_stream(layout.task_logo(task_id), _bytes(contents.logo))
-            image_blob = await self.blobs.put_file(layout.task_image(task_id), image_tar)
+            image_key = layout.task_image(task_id)
+            await self.blobs.adopt(image_key, image_tar)
             now = self.clock()
             record = TaskRecord(
                 id=task_id,
@@ -106,7 +107,7 @@ class Registry:
                 image_name=image_name(d),
                 image_id=image_id,
                 image_size=image_size,
-                image_key=image_blob.key,
+                image_key=image_key,
                 created_at=now,
             )
             resources = d.configuration.resources
@@ -120,7 +121,7 @@ class Registry:
                     image_name=record.image_name,
                     image_id=image_id,
                     image_size=image_size,
-                    image_key=image_blob.key,
+                    image_key=image_key,
                     resources=TaskResources(
                         cpus=resources.cpus,
                         ram_bytes=resources.ram_bytes,

@@ -301,3 +301,11 @@ def test_s3_config_repr_hides_the_secret() -> None:
     config = S3Config(bucket="b", access_key_id="AKIA", secret_access_key="hunter2")
     assert "hunter2" not in repr(config)
     assert "AKIA" in repr(config)
+
+
+async def test_adopt_consumes_the_file(blobs: BlobStore, tmp_path: pathlib.Path) -> None:
+    source = tmp_path / "image.tar"
+    source.write_bytes(b"layer" * 1000)
+    assert await blobs.adopt("tasks/t9/image.tar", source) == 5000
+    assert not source.exists()
+    assert await read(blobs, "tasks/t9/image.tar") == b"layer" * 1000

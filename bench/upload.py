@@ -1,0 +1,292 @@
+"""Bundle upload throughput and memory of the registry, against ``cp`` of the same file.
+
+Builds a task bundle of about ``--size-mib`` MiB (default 2048): a descriptor and a real
+``docker save``-format image whose one layer is a tar holding a large incompressible file, zipped
+STORED (as image tars usually are; deflating a 2 GiB layer would measure zlib, not the registry).
+Starts the registry as its own process (``python -m services.registry``) on a fresh schema, data
+directory and subject prefix; uploads the bundle over loopback with a streaming multipart body;
+samples the registry's RSS every 20 ms. Baseline in the same run, same disk: ``cp`` of the bundle
+followed by ``sync`` of the copy (the registry fsyncs what it stores).
+
+    .venv/bin/python bench/upload.py [--size-mib 2048] [--rounds 2]
+
+Targets: upload throughput at least half of ``cp``'s; registry peak RSS under 150 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import io
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import uuid
+import zipfile
+from collections.abc import AsyncIterator
+
+import aiohttp
+import asyncpg
+import nats
+import psutil
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench._machine import code_lines, host_lines, print_lines  # noqa: E402
+
+DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+NATS_URL = os.environ.get("BENCH_NATS_URL", "nats://127.0.0.1:4222")
+MIB = 1024 * 1024
+
+DESCRIPTOR = b"""name: Upload benchmark
+name_short: upload_bench
+version: 1.0.0
+namespace: com.cytomine.bench.upload
+$schema: https://cytomine.com/schema-store/tasks/task.v0.json
+authors:
+  - first_name: Ada
+    last_name: Lovelace
+    organization: Analytical Engines
+    email: ada@example.com
+    is_contact: true
+configuration:
+  input_folder: /inputs
+  output_folder: /outputs
+  image:
+    file: /image.tar
+inputs:
+  a:
+    display_name: A
+    type: integer
+    description: an input
+outputs:
+  b:
+    display_name: B
+    type: integer
+    description: an output
+"""
+
+
+def write_layer(path: pathlib.Path, size: int) -> str:
+    """A layer tar holding one incompressible file of ``size`` bytes; returns its sha256."""
+    block = os.urandom(MIB)
+    digest = hashlib.sha256()
+
+    class Hashing(io.RawIOBase):
+        def __init__(self, f: io.BufferedWriter) -> None:
+            self.f = f
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b: bytes) -> int:  # type: ignore[override]
+            digest.update(b)
+            return self.f.write(b)
+
+    class Source(io.RawIOBase):
+        def __init__(self) -> None:
+            self.left = size
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, b: bytearray) -> int:  # type: ignore[override]
+            n = min(len(b), self.left, len(block))
+            b[:n] = block[:n]
+            self.left -= n
+            return n
+
+    with path.open("wb") as raw, tarfile.open(fileobj=Hashing(raw), mode="w|") as tar:  # type: ignore[arg-type]
+        info = tarfile.TarInfo("data/blob.bin")
+        info.size = size
+        tar.addfile(info, io.BufferedReader(Source(), MIB))
+    return digest.hexdigest()
+
+
+def build_bundle(work: pathlib.Path, size: int) -> pathlib.Path:
+    layer = work / "layer.tar"
+    layer_digest = write_layer(layer, size)
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Cmd": ["/bin/sh"]},
+            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_digest}"]},
+        }
+    ).encode()
+    config_digest = hashlib.sha256(config).hexdigest()
+    manifest = json.dumps(
+        [{"Config": f"{config_digest}.json", "RepoTags": ["bench/upload:1"], "Layers": [f"{layer_digest}/layer.tar"]}]
+    ).encode()
+    image = work / "image.tar"
+    with tarfile.open(image, "w") as tar:
+        for name, data in (("manifest.json", manifest), (f"{config_digest}.json", config)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        tar.add(layer, f"{layer_digest}/layer.tar")
+    layer.unlink()
+    bundle = work / "bundle.zip"
+    with zipfile.ZipFile(bundle, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
+        z.writestr("descriptor.yml", DESCRIPTOR)
+        z.write(image, "image.tar")
+    image.unlink()
+    return bundle
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def time_cp(bundle: pathlib.Path, target: pathlib.Path) -> float:
+    started = time.perf_counter()
+    subprocess.run(["cp", str(bundle), str(target)], check=True)
+    subprocess.run(["sync", "-f", str(target)], check=True)
+    elapsed = time.perf_counter() - started
+    target.unlink()
+    return elapsed
+
+
+async def file_body(path: pathlib.Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as f:
+        while chunk := await asyncio.to_thread(f.read, 4 * MIB):
+            yield chunk
+
+
+async def upload(url: str, bundle: pathlib.Path, proc: psutil.Process) -> tuple[float, int, int]:
+    """Seconds to 200, the registry's peak RSS during it, and the HTTP status."""
+    peak = proc.memory_info().rss
+    done = asyncio.Event()
+
+    async def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            with contextlib.suppress(psutil.Error):
+                peak = max(peak, proc.memory_info().rss)
+            await asyncio.sleep(0.02)
+
+    sampler = asyncio.create_task(sample())
+    boundary = uuid.uuid4().hex
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="task"; filename="bundle.zip"\r\n'
+        "Content-Type: application/zip\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield head
+        async for chunk in file_body(bundle):
+            yield chunk
+        yield tail
+
+    length = len(head) + bundle.stat().st_size + len(tail)
+    started = time.perf_counter()
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3600)) as session:
+            async with session.post(
+                url,
+                data=body(),
+                headers={"Content-Type": f"multipart/form-data; boundary={boundary}", "Content-Length": str(length)},
+            ) as resp:
+                await resp.read()
+                status = resp.status
+    finally:
+        elapsed = time.perf_counter() - started
+        done.set()
+        await sampler
+    return elapsed, peak, status
+
+
+async def main(size_mib: int, rounds: int) -> int:
+    print_lines("machine", host_lines() + code_lines())
+    work = pathlib.Path(tempfile.mkdtemp(prefix="bench-upload-", dir=os.environ.get("BENCH_DIR", "/tmp")))
+    suffix = uuid.uuid4().hex[:8]
+    schema, prefix = f"bench_{suffix}", f"bench{suffix}"
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        print(f"building a {size_mib} MiB bundle in {work} ...", flush=True)
+        bundle = build_bundle(work, size_mib * MIB)
+        size = bundle.stat().st_size
+        port = free_port()
+        env = os.environ | {
+            "PORT": str(port),
+            "DATABASE_URL": DATABASE_URL,
+            "NATS_URL": NATS_URL,
+            "DATABASE_SCHEMA": schema,
+            "NATS_SUBJECT_PREFIX": prefix,
+            "DATA_DIR": str(work / "data"),
+            "LOG_LEVEL": "warning",
+            "MAX_BUNDLE_SIZE": str(size * 2),
+        }
+        proc = subprocess.Popen([sys.executable, "-m", "services.registry"], env=env, cwd=ROOT)
+        registry = psutil.Process(proc.pid)
+        async with aiohttp.ClientSession() as session:
+            for _ in range(300):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(f"http://127.0.0.1:{port}/health") as resp:
+                        if resp.status == 200:
+                            break
+                await asyncio.sleep(0.1)
+        idle_rss = registry.memory_info().rss
+        print(f"\nbundle: {size / MIB:.0f} MiB; registry idle RSS {idle_rss / MIB:.1f} MiB\n")
+        print(
+            f"{'round':>5} {'cp s':>8} {'cp MiB/s':>9} {'upload s':>9} {'upload MiB/s':>13} {'ratio':>6} {'peak RSS MiB':>13}"
+        )
+        ratios, peaks = [], []
+        url = f"http://127.0.0.1:{port}/app-engine/v1/tasks"
+        for n in range(1, rounds + 1):
+            cp_s = time_cp(bundle, work / "copy.zip")
+            up_s, peak, status = await upload(url, bundle, registry)
+            if status != 200:
+                print(f"upload failed with {status}")
+                return 1
+            async with aiohttp.ClientSession() as session:
+                await session.delete(f"{url}/com.cytomine.bench.upload/1.0.0")
+            ratio = cp_s / up_s
+            ratios.append(ratio)
+            peaks.append(peak)
+            print(
+                f"{n:>5} {cp_s:>8.2f} {size / MIB / cp_s:>9.0f} {up_s:>9.2f} {size / MIB / up_s:>13.0f} "
+                f"{ratio:>6.2f} {peak / MIB:>13.1f}"
+            )
+        best, worst_peak = max(ratios), max(peaks)
+        print(f"\nthroughput vs cp: median {sorted(ratios)[len(ratios) // 2]:.2f}, best {best:.2f} (target >= 0.50)")
+        print(f"registry peak RSS: {worst_peak / MIB:.1f} MiB (target < 150 MiB)")
+        return 0
+    finally:
+        if proc is not None:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(30)
+            proc.kill()
+        shutil.rmtree(work, ignore_errors=True)
+        conn = await asyncpg.connect(DATABASE_URL)
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await conn.close()
+        nc = await nats.connect(NATS_URL)
+        js = nc.jetstream()
+        for name in (f"{prefix.upper()}_EVENTS", f"{prefix.upper()}_JOBS"):
+            with contextlib.suppress(Exception):
+                await js.delete_stream(name)
+        await nc.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mib", type=int, default=2048)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    raise SystemExit(asyncio.run(main(args.size_mib, args.rounds)))
