@@ -80,35 +80,21 @@ def write_layer(path: pathlib.Path, size: int) -> str:
     """A layer tar holding one incompressible file of ``size`` bytes; returns its sha256."""
     block = os.urandom(MIB)
     digest = hashlib.sha256()
+    info = tarfile.TarInfo("data/blob.bin")
+    info.size = size
+    with path.open("wb") as f:
 
-    class Hashing(io.RawIOBase):
-        def __init__(self, f: io.BufferedWriter) -> None:
-            self.f = f
+        def put(data: bytes) -> None:
+            digest.update(data)
+            f.write(data)
 
-        def writable(self) -> bool:
-            return True
-
-        def write(self, b: bytes) -> int:  # type: ignore[override]
-            digest.update(b)
-            return self.f.write(b)
-
-    class Source(io.RawIOBase):
-        def __init__(self) -> None:
-            self.left = size
-
-        def readable(self) -> bool:
-            return True
-
-        def readinto(self, b: bytearray) -> int:  # type: ignore[override]
-            n = min(len(b), self.left, len(block))
-            b[:n] = block[:n]
-            self.left -= n
-            return n
-
-    with path.open("wb") as raw, tarfile.open(fileobj=Hashing(raw), mode="w|") as tar:  # type: ignore[arg-type]
-        info = tarfile.TarInfo("data/blob.bin")
-        info.size = size
-        tar.addfile(info, io.BufferedReader(Source(), MIB))
+        put(info.tobuf(format=tarfile.PAX_FORMAT))
+        left = size
+        while left:
+            n = min(left, len(block))
+            put(block[:n])
+            left -= n
+        put(b"\0" * (-size % tarfile.BLOCKSIZE) + b"\0" * (2 * tarfile.BLOCKSIZE))
     return digest.hexdigest()
 
 
@@ -195,14 +181,16 @@ async def upload(url: str, bundle: pathlib.Path, proc: psutil.Process) -> tuple[
     length = len(head) + bundle.stat().st_size + len(tail)
     started = time.perf_counter()
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3600)) as session:
-            async with session.post(
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3600)) as session,
+            session.post(
                 url,
                 data=body(),
                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}", "Content-Length": str(length)},
-            ) as resp:
-                await resp.read()
-                status = resp.status
+            ) as resp,
+        ):
+            await resp.read()
+            status = resp.status
     finally:
         elapsed = time.perf_counter() - started
         done.set()
