@@ -262,7 +262,7 @@ class S3BlobStore:
 
     async def adopt(self, key: str, path: pathlib.Path) -> int:
         info = await self.put_file(key, path)
-        path.unlink()
+        await asyncio.to_thread(path.unlink)
         return info.size
 
     async def _put(self, key: str, object_key: str, chunks: AsyncIterator[bytes], part_size: int) -> BlobInfo:

@@ -203,7 +203,8 @@ class Executor:
         if not await self.blobs.exists(key):
             raise ImageUnavailable(f"image {image_id} is neither in the engine nor in the blob store at {key}")
         log.info("image.loading", task_id=str(task.id), image_id=image_id)
-        if await self.engine.ensure_image(image_id, lambda: self.blobs.get(key)):
+        offset, length = task.registered.image_offset, task.registered.image_length
+        if await self.engine.ensure_image(image_id, lambda: self.blobs.get(key, offset=offset, length=length)):
             self.metrics.image_loads.inc()
 
     async def _watch(self, state: RunState, container_id: str, task: Task, *, since: str | None) -> str:

@@ -184,6 +184,18 @@ def extract_entry(bundle: pathlib.Path, entry: str, target: pathlib.Path, limit:
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
 
 
+def stored_range(bundle: pathlib.Path, entry: str) -> tuple[int, int] | None:
+    """(offset, length) of an uncompressed entry's bytes in the bundle; None if compressed."""
+    with zipfile.ZipFile(bundle) as archive:
+        info = archive.getinfo(entry)
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    offset = _data_offset(bundle, info)
+    if offset + info.file_size > bundle.stat().st_size:
+        raise BundleError(f"{entry}: the bundle is shorter than its directory says")
+    return offset, info.file_size
+
+
 def _data_offset(bundle: pathlib.Path, info: zipfile.ZipInfo) -> int:
     """Where an entry's bytes start: after its local header, whose extra field may differ from
     the central directory's."""

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import msgspec
 import structlog
 
-from services.registry.bundle import BundleContents, BundleLimits, extract_entry, inspect_bundle
+from services.registry.bundle import BundleContents, BundleLimits, extract_entry, inspect_bundle, stored_range
 from services.registry.catalogue import Catalogue, TaskExists, TaskRecord
 from services.registry.image import inspect_image_archive
 from shared import layout
@@ -70,18 +70,32 @@ class Registry:
         d = contents.descriptor
         if await self.catalogue.by_name(d.namespace, d.version) is not None:
             raise TaskExists(f"{d.namespace} {d.version}")
+        stored = await asyncio.to_thread(stored_range, bundle, contents.image_entry)
+        if stored is not None:
+            # the image is a plain byte range of the upload: validate it in place and keep the
+            # bundle itself as the image blob, so a large image is written to disk only once
+            offset, length = stored
+            image = await asyncio.to_thread(inspect_image_archive, bundle, offset=offset, length=length)
+            return await self._store(contents, bundle, image.image_id, image.size, offset, length)
         image_tar = self.workdir / f"image-{uuid.uuid4().hex}.tar"
         try:
             await asyncio.to_thread(extract_entry, bundle, contents.image_entry, image_tar, contents.image_size)
             image = await asyncio.to_thread(inspect_image_archive, image_tar)
-            return await self._store(contents, image_tar, image.image_id, image.size)
+            return await self._store(contents, image_tar, image.image_id, image.size, 0, None)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 image_tar.unlink()
 
     async def _store(
-        self, contents: BundleContents, image_tar: pathlib.Path, image_id: str, image_size: int
+        self,
+        contents: BundleContents,
+        image_file: pathlib.Path,
+        image_id: str,
+        image_size: int,
+        image_offset: int,
+        image_length: int | None,
     ) -> TaskRecord:
+        """Store the descriptor, logo and image (``image_file`` is consumed), then record the task."""
         d = contents.descriptor
         task_id = uuid.uuid4()
         prefix = layout.task_prefix(task_id)
@@ -93,7 +107,7 @@ class Registry:
             if contents.logo is not None:
                 logo_blob = await self.blobs.put_stream(layout.task_logo(task_id), _bytes(contents.logo))
             image_key = layout.task_image(task_id)
-            await self.blobs.adopt(image_key, image_tar)
+            await self.blobs.adopt(image_key, image_file)
             now = self.clock()
             record = TaskRecord(
                 id=task_id,
@@ -134,6 +148,8 @@ class Registry:
                     outputs=_parameters(d.outputs),
                     time_limit_seconds=resources.time_limit_seconds,
                     at=now,
+                    image_offset=image_offset,
+                    image_length=image_length,
                 ),
             )
         except BaseException:

@@ -22,11 +22,12 @@ names, no links leaving the archive, no devices or FIFOs, no duplicate files. An
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import posixpath
 import re
 import tarfile
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, BinaryIO, Final, Literal, TypeVar
 
 import msgspec
 
@@ -250,15 +251,55 @@ def _decode(data: bytes, kind: type[_T], name: str) -> _T:
 # --- entry point --------------------------------------------------------------------------------
 
 
+class _Window(io.RawIOBase):
+    """The bytes ``[offset, offset + length)`` of a file, as a seekable file of their own."""
+
+    def __init__(self, f: BinaryIO, offset: int, length: int) -> None:
+        self._f, self._offset, self._length, self._pos = f, offset, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        want = min(len(buffer), self._length - self._pos)
+        if want <= 0:
+            return 0
+        self._f.seek(self._offset + self._pos)
+        data = self._f.read(want)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
 def inspect_image_archive(
-    path: str | os.PathLike[str], *, platform: str = "linux/amd64", verify_layers: bool = False
+    path: str | os.PathLike[str],
+    *,
+    platform: str = "linux/amd64",
+    verify_layers: bool = False,
+    offset: int = 0,
+    length: int | None = None,
 ) -> ImageInfo:
     """Validate the image archive at ``path`` and describe its image.
 
     ``platform`` (``os/arch[/variant]``) chooses among several platform manifests, when the
-    archive holds more than one with its blobs.
+    archive holds more than one with its blobs. With ``offset``/``length`` the archive is that
+    byte range of the file (an image stored uncompressed inside a bundle zip).
     """
-    with open(path, "rb") as raw:
+    with open(path, "rb") as whole:
+        if length is None:
+            length = os.fstat(whole.fileno()).st_size - offset
+        raw = io.BufferedReader(_Window(whole, offset, length), 1024 * 1024)
         if raw.read(2) == b"\x1f\x8b":
             raise ImageArchiveError("the image archive is compressed; use the tar that docker save writes")
         raw.seek(0)

@@ -48,6 +48,10 @@ class TaskRegistered(_TaskEvent, frozen=True, kw_only=True, tag="registered"):
     outputs: tuple[TaskParameter, ...]
     time_limit_seconds: float | None = None
     at: dt.datetime
+    # the image is bytes [image_offset, image_offset + image_length) of the blob at image_key
+    # (an image zipped uncompressed stays inside the stored bundle); None: the whole blob
+    image_offset: int = 0
+    image_length: int | None = None
 
 
 class TaskDeleted(_TaskEvent, frozen=True, kw_only=True, tag="deleted"):
