@@ -96,7 +96,9 @@ class Worker:
                 continue
             try:
                 messages = await sub.fetch(batch=free, timeout=5)
-            except nats.errors.TimeoutError:
+            except (TimeoutError, nats.errors.TimeoutError):
+                # nats-py may raise the builtin TimeoutError from fetch of an idle batch: never let
+                # it end intake (the process would heartbeat on while taking no jobs)
                 continue
             except nats.errors.Error as exc:
                 log.warning("jobs.fetch_failed", error=repr(exc))

@@ -406,10 +406,23 @@ class Executor:
         Returns the adoptions to run (each occupies a slot like a job).
         """
         adoptions: list[Awaitable[str]] = []
+        seen: set[str] = set()
         for container in await self.engine.containers({LABEL_EXECUTOR: self.id}):
+            seen.add(container.labels.get(LABEL_RUN, ""))
             adoption = await self._recover_container(container)
             if adoption is not None:
                 adoptions.append(adoption)
+        # runs the log gives to this executor but with no container (it died after TakeRun, while
+        # loading the image): no job will come back for them and our heartbeats keep the watchdog
+        # away, so hand them back now or they stay PENDING for as long as this executor lives
+        store = self.runlog.store
+        rows = await store.pool.fetch(
+            f"SELECT run_id FROM {store.schema}.runs WHERE executor_id = $1 AND state IN ('PENDING', 'RUNNING')",
+            self.id,
+        )
+        for row in rows:
+            if str(row["run_id"]) not in seen:
+                await self._hand_back(row["run_id"], Retryable("executor restarted without the run's container"))
         return adoptions
 
     async def _recover_container(self, container: ContainerStatus) -> Awaitable[str] | None:
