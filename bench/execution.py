@@ -70,7 +70,7 @@ from _stack import ROOT, Stack, remove_containers
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from services.executor.runtime import LABEL_EXECUTOR, LABEL_RUN, ContainerSpec, folders_tar
+from services.executor.runtime import LABEL_EXECUTOR, LABEL_RUN, ContainerSpec
 
 sys.path.insert(0, str(ROOT))
 from tests.images import build_image, make_bundle, save_image
@@ -522,19 +522,6 @@ async def put_archive(container: aiodocker.containers.DockerContainer, path: str
     await container.put_archive(path, data)  # type: ignore[no-untyped-call]
 
 
-def inputs_only_tar(a: int, b: int) -> bytes:
-    """``a`` and ``b`` to extract in ``/inputs`` (as the storage service's inputs tar)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, value in (("a", a), ("b", b)):
-            data = str(value).encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 class Bench:
     def __init__(
         self, stack: Stack, session: aiohttp.ClientSession, docker: aiodocker.Docker, watch: RunWatch, dw: DockerWatch
@@ -632,7 +619,7 @@ class Bench:
 
     async def raw_run(self, a: int, b: int, *, like_executor: bool = False) -> RawSample:
         """add-integers straight on Docker; ``like_executor`` adds the executor's other engine calls
-        (a second ``put_archive``, a followed log, ``inspect``, the whole log read again) to tell
+        (a followed log, ``inspect``, the whole log read again) to tell
         their cost from the control plane's."""
         try:
             async with asyncio.timeout(180):
@@ -666,11 +653,7 @@ class Bench:
         step("create")
         follower: asyncio.Task[None] | None = None
         try:
-            if like_executor:
-                await put_archive(container, "/", folders_tar("/inputs", "/outputs"))
-                await put_archive(container, "/inputs", inputs_only_tar(a, b))
-            else:
-                await put_archive(container, "/", inputs_tar(a, b))
+            await put_archive(container, "/", inputs_tar(a, b))
             step("put_archive")
             await container.start()
             step("start")

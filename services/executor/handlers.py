@@ -37,7 +37,6 @@ from services.executor.runtime import (
     ContainerSpec,
     ContainerStatus,
     Engine,
-    folders_tar,
 )
 from services.executor.settings import ExecutorSettings
 from services.executor.storage import StorageClient
@@ -166,11 +165,9 @@ class Executor:
             await self._ensure_image(task)
             container_id = await self.engine.create(self._spec(state, task))
             registered = task.registered
-            await self.engine.put_archive(
-                container_id, "/", folders_tar(registered.input_folder, registered.output_folder)
-            )
-            async with self.storage.inputs(run_id) as inputs:
-                await self.engine.put_archive(container_id, registered.input_folder, inputs)
+            # one archive call: each costs the engine a helper process (about 100 ms of CPU)
+            async with self.storage.inputs(run_id, registered.input_folder, registered.output_folder) as inputs:
+                await self.engine.put_archive(container_id, "/", inputs)
             try:
                 state, _ = await self.runlog.execute(run_id, StartRun(container_id=container_id))
             except InvalidRunState:

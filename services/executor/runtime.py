@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import struct
-import tarfile
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -362,24 +360,6 @@ async def demultiplex(content: aiohttp.StreamReader) -> AsyncGenerator[LogChunk,
     for stream, (at, text) in pending.items():
         if text:
             yield LogChunk(stream, at, text)
-
-
-def folders_tar(*paths: str) -> bytes:
-    """A tar creating ``paths`` (absolute) as world-writable folders when extracted at ``/``.
-
-    Tasks may run as any user: like upstream's ``chmod -R 777`` init container, the input and
-    output folders must be writable by it.
-    """
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        # only the folders themselves: the engine creates missing parents, and an entry for an
-        # existing parent such as /tmp would change its mode
-        for path in dict.fromkeys(p.strip("/") for p in paths):
-            info = tarfile.TarInfo(path)
-            info.type = tarfile.DIRTYPE
-            info.mode = 0o777
-            tar.addfile(info)
-    return buf.getvalue()
 
 
 ENGINE = web.AppKey("engine", Engine)

@@ -1,8 +1,9 @@
 """The storage service adapter: a run's inputs in, its outputs out, both as tar streams.
 
-``GET  {STORAGE_URL}/internal/runs/{id}/inputs.tar`` is the input folder's content (entry names
-relative to it); ``PUT {STORAGE_URL}/internal/runs/{id}/outputs.tar?exit_code=N`` takes the tar
-the engine gives for the output folder (top-level entry: its basename). Storage validates the
+``GET  {STORAGE_URL}/internal/runs/{id}/inputs.tar?folder=/inputs&mkdir=/outputs`` is the input
+folder with its content and the empty output folder, to extract at ``/``;
+``PUT {STORAGE_URL}/internal/runs/{id}/outputs.tar?exit_code=N`` takes the tar the engine gives
+for the output folder (top-level entry: its basename). Storage validates the
 outputs and itself appends FINISHED or FAILED(OUTPUTS_INVALID), answering ``{"state": ...}``.
 """
 
@@ -33,11 +34,14 @@ class StorageClient:
         return f"{self._base}/internal/runs/{run_id}/{name}"
 
     @contextlib.asynccontextmanager
-    async def inputs(self, run_id: uuid.UUID) -> AsyncIterator[AsyncIterator[bytes]]:
-        """The run's inputs tar as a stream of chunks."""
+    async def inputs(self, run_id: uuid.UUID, folder: str, mkdir: str) -> AsyncIterator[AsyncIterator[bytes]]:
+        """The run's inputs tar as a stream of chunks, to extract at ``/``: the input folder
+        ``folder`` with the inputs in it, and the empty folder ``mkdir`` (the output folder)."""
         url = self._url(run_id, "inputs.tar")
+        params = {"folder": folder, "mkdir": mkdir}
+        timeout = aiohttp.ClientTimeout(sock_connect=10, sock_read=300)
         try:
-            async with self._session.get(url, timeout=aiohttp.ClientTimeout(sock_connect=10, sock_read=300)) as resp:
+            async with self._session.get(url, params=params, timeout=timeout) as resp:
                 if resp.status != 200:
                     text = (await resp.text())[:300]
                     raise StorageUnavailable(f"storage answered {resp.status} for the inputs of run {run_id}: {text}")

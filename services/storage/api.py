@@ -14,10 +14,12 @@ Public routes, under the API prefix (default ``/app-engine/v1``)::
 Internal routes (service to service, not upstream; outside the prefix, so the public gateway
 never forwards them)::
 
-    GET /internal/runs/{run}/inputs.tar
+    GET /internal/runs/{run}/inputs.tar[?folder=/inputs[&mkdir=/outputs...]]
         The run's inputs as a tar whose entry names are relative to the task's input folder
         (``a``, ``arr/array.yml``, ``arr/0``, ``img.geojson``), directories 0777 and files 0666 as
-        upstream's ``chmod -R 777``: pass it to Docker's ``put_archive(input_folder)``.
+        upstream's ``chmod -R 777``: pass it to Docker's ``put_archive(input_folder)``. With
+        ``folder``, the names are under that folder, and the folder and each ``mkdir`` lead the
+        tar: one ``put_archive("/")`` then makes the input and output folders too.
         403 unless the run is QUEUING, QUEUED, PENDING or RUNNING.
     PUT /internal/runs/{run}/outputs.tar?exit_code=N
         Body: the tar of Docker's ``get_archive(output_folder)``. Ends the run: see
@@ -204,8 +206,21 @@ def _single(which: str, with_indexes: bool) -> Handler:
     return handler
 
 
+def _folder(value: str) -> str:
+    """An absolute container folder as a tar entry name (``/data//in/`` -> ``data/in``)."""
+    parts = [p for p in value.split("/") if p not in ("", ".")]
+    if not value.startswith("/") or not parts or len(value) > 4096 or any(p == ".." or "\0" in p for p in parts):
+        raise e.unprocessable(None, f"not an absolute folder below /: {value[:200]!r}")
+    return "/".join(parts)
+
+
 async def get_inputs_tar(request: web.Request) -> web.StreamResponse:
-    chunks = await request.app[READING].inputs_tar(request.match_info["run_id"])
+    folder = request.query.get("folder")
+    chunks = await request.app[READING].inputs_tar(
+        request.match_info["run_id"],
+        "" if folder is None else _folder(folder),
+        [_folder(f) for f in request.query.getall("mkdir", [])],
+    )
     return await _send(request, Download("inputs.tar", "application/x-tar", chunks))
 
 

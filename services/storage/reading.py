@@ -12,7 +12,7 @@ run's storage.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Final
 
 from services.storage import errors as e
@@ -179,17 +179,32 @@ class Reading:
 
     # --- the executor exchange ------------------------------------------------------------------
 
-    async def inputs_tar(self, run_id: str) -> AsyncIterator[bytes]:
-        """The run's inputs as the task must see them in its input folder, as a tar stream."""
+    async def inputs_tar(self, run_id: str, folder: str = "", empty: Sequence[str] = ()) -> AsyncIterator[bytes]:
+        """The run's inputs as the task must see them in its input folder, as a tar stream.
+
+        With ``folder`` (a relative path such as ``inputs``), the entries are under it and the
+        tar starts with the folder itself and each of ``empty``: one archive extracted at ``/``
+        makes the input folder with the inputs and the (empty) output folder, all 0777.
+        """
         ctx = await self.s.context(run_id)
         if ctx.state.status not in EXECUTING:
             raise e.state_refused()
         prefix = self.s.inputs_key(ctx)
-        entries = [(k[len(prefix) + 1 :], k, await self.s.blobs.size(k)) for k in await self._provisioned_keys(ctx)]
-        return self._tar(entries)
+        under = f"{folder}/" if folder else ""
+        entries = [
+            (under + k[len(prefix) + 1 :], k, await self.s.blobs.size(k)) for k in await self._provisioned_keys(ctx)
+        ]
+        folders = list(dict.fromkeys(f for f in (folder, *empty) if f))
+        return self._tar(entries, folders)
 
-    async def _tar(self, entries: list[tuple[str, str, int]]) -> AsyncIterator[bytes]:
+    async def _tar(self, entries: list[tuple[str, str, int]], folders: Sequence[str] = ()) -> AsyncIterator[bytes]:
+        # only the named folders and those inside them: the engine creates missing parents, and
+        # an entry for an existing parent such as /tmp would change its mode
         made: set[str] = set()
+        for folder in folders:
+            parts = folder.split("/")
+            made.update("/".join(parts[:depth]) for depth in range(1, len(parts) + 1))
+            yield tar_header(folder, 0, directory=True)
         for name, key, size in entries:
             parts = name.split("/")
             for depth in range(1, len(parts)):

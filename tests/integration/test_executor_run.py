@@ -132,10 +132,16 @@ class StorageStandIn:
 
     async def get_inputs(self, request: web.Request) -> web.StreamResponse:
         run_id = uuid.UUID(request.match_info["run_id"])
+        folder = request.query["folder"].strip("/")
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
+            for made in (folder, request.query["mkdir"].strip("/")):
+                info = tarfile.TarInfo(made)
+                info.type = tarfile.DIRTYPE
+                info.mode = 0o777
+                tar.addfile(info)
             for name, data in self.inputs.get(run_id, {}).items():
-                info = tarfile.TarInfo(name)
+                info = tarfile.TarInfo(f"{folder}/{name}")
                 info.size = len(data)
                 info.mode = 0o644
                 tar.addfile(info, io.BytesIO(data))

@@ -77,6 +77,30 @@ async def test_inputs_tar_is_the_input_folder(env: Env) -> None:
     assert contents == {"arr/0": b"1", "arr/1": b"2", "arr/array.yml": b"size: 2", "ig": b"3", "s": b"abc"}
 
 
+async def test_inputs_tar_can_make_the_folders_for_one_archive_call(env: Env) -> None:
+    run_id = await env.new_run()
+    await provision(env, run_id, {"ig": 3, "arr": [{"index": 0, "value": 1}]})
+    await env.to_running(run_id)
+    url = f"/internal/runs/{run_id}/inputs.tar"
+    resp = await env.storage.get(url, params=[("folder", "/data//in/"), ("mkdir", "/out"), ("mkdir", "/data/in")])
+    assert resp.status == 200, await resp.text()
+    with tarfile.open(fileobj=io.BytesIO(await resp.read())) as tar:
+        members = [(m.name, m.isdir(), m.mode) for m in tar.getmembers()]
+    # the folders first, world-writable; never an entry for a parent (/data may exist already)
+    assert members == [
+        ("data/in", True, 0o777),
+        ("out", True, 0o777),
+        ("data/in/arr", True, 0o777),
+        ("data/in/arr/0", False, 0o666),
+        ("data/in/arr/array.yml", False, 0o666),
+        ("data/in/ig", False, 0o666),
+    ]
+    for bad in ("inputs", "/", "/a/../b", "/a\0b"):
+        resp = await env.storage.get(url, params={"folder": bad})
+        assert resp.status == 400, bad
+        assert (await resp.json())["errorCode"] == "APPE-internal-request-validation-error"
+
+
 async def test_valid_outputs_finish_the_run(env: Env) -> None:
     run_id = await env.new_run()
     await env.to_running(run_id)

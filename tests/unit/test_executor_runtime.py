@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import struct
-import tarfile
 
 import pytest
 from aiohttp import StreamReader
 from aiohttp.base_protocol import BaseProtocol
 
-from services.executor.runtime import ContainerSpec, LogChunk, demultiplex, folders_tar
+from services.executor.runtime import ContainerSpec, LogChunk, demultiplex
 from services.executor.settings import ExecutorSettings
 from shared.settings import SettingsError, load_settings
 
@@ -83,12 +81,6 @@ async def test_log_frames_become_lines_by_stream() -> None:
 async def test_a_truncated_log_stream_ends_cleanly() -> None:
     data = frame(1, b"2024-01-01T00:00:00Z ok\n") + frame(1, b"2024-01-01T00:00:00Z cut")[:12]
     assert await lines_of(data) == [LogChunk("stdout", "2024-01-01T00:00:00Z", "ok")]
-
-
-def test_folders_tar_makes_world_writable_folders_only() -> None:
-    with tarfile.open(fileobj=io.BytesIO(folders_tar("/inputs", "/data/out/", "/inputs"))) as tar:
-        members = tar.getmembers()
-    assert [(m.name, m.isdir(), m.mode) for m in members] == [("inputs", True, 0o777), ("data/out", True, 0o777)]
 
 
 def test_settings_defaults_and_validation() -> None:
