@@ -108,7 +108,7 @@ class Executor:
         state = await self.runlog.load(job.run_id)
         if state.status is RunStatus.QUEUED and state.version == job.queued_seq:
             try:
-                state, _ = await self.runlog.execute(job.run_id, TakeRun(executor_id=self.id))
+                state, _ = await self.runlog.execute(job.run_id, TakeRun(executor_id=self.id), state=state)
             except DomainError:
                 return "taken_elsewhere"
             log.info("run.taken", run_id=str(job.run_id), attempt=state.attempt)
@@ -169,7 +169,7 @@ class Executor:
             async with self.storage.inputs(run_id, registered.input_folder, registered.output_folder) as inputs:
                 await self.engine.put_archive(container_id, "/", inputs)
             try:
-                state, _ = await self.runlog.execute(run_id, StartRun(container_id=container_id))
+                state, _ = await self.runlog.execute(run_id, StartRun(container_id=container_id), state=state)
             except InvalidRunState:
                 # cancelled, ended or handed to another executor while preparing: it never ran
                 await self.engine.remove(container_id)
@@ -267,7 +267,7 @@ class Executor:
                 state = await self.runlog.load(run_id)
                 if state.status is RunStatus.RUNNING and not state.cancel_requested and _past(state, self.runlog):
                     # the time limit holds even when the scheduler (which also checks it) is down
-                    state, _ = await self.runlog.execute(run_id, CheckTimeout())
+                    state, _ = await self.runlog.execute(run_id, CheckTimeout(), state=state)
                 if state.terminal or state.executor_id != self.id or state.container_id != container_id:
                     stopped_for = "superseded"
                 elif state.cancel_requested or state.deleted:

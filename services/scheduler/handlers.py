@@ -120,11 +120,11 @@ class Scheduler:
         desired = body.get("desired") if isinstance(body, dict) else None
         if not isinstance(desired, str) or desired not in RunStatus.__members__:
             raise BadStateRequest()
-        await self.get(run_id)
+        state = await self.get(run_id)
         if desired == RunStatus.PROVISIONED:
-            state, _ = await self.runlog.execute(run_id, MarkProvisioned())
+            state, _ = await self.runlog.execute(run_id, MarkProvisioned(), state=state)
         elif desired == RunStatus.RUNNING:
-            state, _ = await self.runlog.execute(run_id, RequestRun())
+            state, _ = await self.runlog.execute(run_id, RequestRun(), state=state)
         elif desired == RunStatus.FINISHED:
             raise InvalidRunState("a run finishes only when its execution ends")
         else:
@@ -132,8 +132,8 @@ class Scheduler:
         return state
 
     async def cancel(self, run_id: uuid.UUID) -> RunState:
-        await self.get(run_id)
-        state, _ = await self.runlog.execute(run_id, CancelRun())
+        state = await self.get(run_id)
+        state, _ = await self.runlog.execute(run_id, CancelRun(), state=state)
         return state
 
     async def delete(self, run_id: uuid.UUID) -> None:

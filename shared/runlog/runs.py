@@ -1,7 +1,8 @@
 """The run log: run events in and out of the event store, with the runs read model.
 
 ``execute`` is the one way services change a run: load (fold the log), decide, append with the
-expected sequence; on a concurrent append, reload and decide again.
+expected sequence; on a concurrent append, reload and decide again. A caller holding a state it
+just loaded passes it and saves the load.
 """
 
 from __future__ import annotations
@@ -119,20 +120,38 @@ class RunLog:
         stored = await self.store.append("run", state.run_id, expected, new_events, run_row(state))
         return state, stored
 
-    async def execute(self, run_id: uuid.UUID, command: Command) -> tuple[RunState, list[StoredEvent]]:
+    async def execute(
+        self, run_id: uuid.UUID, command: Command, *, state: RunState | None = None
+    ) -> tuple[RunState, list[StoredEvent]]:
         """Decide ``command`` on the run's current state and append the result.
 
-        Retries from a fresh load when another writer appended first; domain errors propagate.
+        ``state``, when the caller has just loaded it, saves the first load: the append checks
+        its version, so a state gone stale only costs a retry. Retries from a fresh load when
+        another writer appended first; domain errors propagate.
         """
+        return await self.execute_all(run_id, (command,), state=state)
+
+    async def execute_all(
+        self, run_id: uuid.UUID, commands: Sequence[Command], *, state: RunState | None = None
+    ) -> tuple[RunState, list[StoredEvent]]:
+        """Decide ``commands`` in order, each on the state the previous ones lead to, and append
+        all their events in one statement (all or nothing)."""
         for attempt in range(self.max_attempts):
-            state = await self.load(run_id)
+            if state is None or state.run_id != run_id:
+                state = await self.load(run_id)
             now = self.clock()
-            events = decide(state, command, now)
+            after = state
+            events: list[RunEvent] = []
+            for command in commands:
+                for event in decide(after, command, now):
+                    after = evolve(after, event)
+                    events.append(event)
             if not events:
                 return state, []
             try:
                 return await self.append(state, events, now)
             except ConcurrencyError:
+                state = None
                 # jittered backoff so a crowd of writers on one run does not retry in lockstep
                 await asyncio.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))
         raise ConcurrencyError(f"run {run_id}: gave up after {self.max_attempts} concurrent appends")
