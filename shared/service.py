@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -29,7 +31,7 @@ from shared.runlog.runs import RunLog
 from shared.runlog.schema import check_schema_name, migrate
 from shared.runlog.store import EventStore
 from shared.settings import CommonSettings, SettingsError, load_settings
-from shared.web import READINESS
+from shared.web import ESSENTIAL, READINESS
 
 log = structlog.get_logger("service")
 
@@ -174,6 +176,36 @@ async def owned_task(name: str, work: Coroutine[Any, Any, None]) -> AsyncIterato
             log.error("task.failed", task=name, error=repr(task.exception()))
 
 
+# set by :func:`serve` (not by tests): what to do when an essential loop ends
+STOP_ON_LOOP_END: web.AppKey[Callable[[str], None]] = web.AppKey("stop_on_loop_end")
+EXIT_LOOP_ENDED = 70  # EX_SOFTWARE
+
+
+@contextlib.asynccontextmanager
+async def essential_task(
+    app: web.Application, name: str, work: Coroutine[Any, Any, None]
+) -> AsyncIterator[asyncio.Task[None]]:
+    """:func:`owned_task` for a loop the service cannot do without: ``/health`` and ``/ready``
+    answer 503 if it ever ends while the block is open, so that the process gets restarted."""
+    open_ = True
+
+    def ended(task: asyncio.Task[None]) -> None:
+        if open_ and not task.cancelled():
+            log.critical("task.ended", task=name, error=repr(task.exception()), hint="the process needs a restart")
+            stop = app.get(STOP_ON_LOOP_END)
+            if stop is not None:
+                stop(name)
+
+    async with owned_task(name, work) as task:
+        task.add_done_callback(ended)
+        app[ESSENTIAL][name] = task
+        try:
+            yield task
+        finally:
+            open_ = False
+            app[ESSENTIAL].pop(name, None)
+
+
 def relay_ctx(settings: CommonSettings) -> CleanupCtx:
     """The outbox relay; active in at most one process at a time (advisory lock)."""
 
@@ -186,7 +218,7 @@ def relay_ctx(settings: CommonSettings) -> CleanupCtx:
             wake_source=app[NATS_CLIENT],
         )
         app[RELAY] = relay
-        async with owned_task("relay", relay.run()):
+        async with essential_task(app, "relay", relay.run()):
             yield
 
     return ctx
@@ -215,6 +247,14 @@ def serve(
         raise SystemExit(2) from None
     configure_logging(name, settings.log_level, settings.log_format)
     app = build(settings)
+    ended: list[str] = []
+
+    def stop(loop_name: str) -> None:
+        # shut down as on SIGTERM, then exit non-zero so that any supervisor restarts us
+        ended.append(loop_name)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    app[STOP_ON_LOOP_END] = stop
     log.info("service.starting", host=settings.host, port=settings.port, prefix=settings.route_prefix)
     web.run_app(
         app,
@@ -225,4 +265,7 @@ def serve(
         print=None,
         handle_signals=True,
     )
+    if ended:
+        log.error("service.stopped", ended=ended, exit_code=EXIT_LOOP_ENDED)
+        raise SystemExit(EXIT_LOOP_ENDED)
     log.info("service.stopped")

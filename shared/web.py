@@ -6,6 +6,7 @@ The HTTP status of every error is chosen here, by error class, and nowhere else.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,9 @@ SERVICE_NAME = web.AppKey("service_name", str)
 ERROR_RENDERERS = web.AppKey("error_renderers", dict[type[Exception], ErrorRenderer])
 READINESS = web.AppKey("readiness", dict[str, ReadinessCheck])
 METRICS = web.AppKey("metrics", CollectorRegistry)
+# background loops the service is useless without (job intake, consumers, relay): if one ends,
+# the process is not healthy any more and must be restarted
+ESSENTIAL = web.AppKey("essential", dict[str, "asyncio.Task[None]"])
 
 
 class ApiError(Exception):
@@ -192,15 +196,30 @@ async def ping(request: web.Request) -> web.Response:
     return json_response({"status": "UP", "timestamp": now, "service": "app-engine"})
 
 
+def ended_loops(app: web.Application) -> dict[str, str]:
+    """The essential loops that ended (each ends only by cancellation at shutdown), and how."""
+    ended = {}
+    for name, task in app[ESSENTIAL].items():
+        if task.done():
+            error = None if task.cancelled() else task.exception()
+            ended[name] = "cancelled" if task.cancelled() else f"ended: {error!r}"[:300]
+    return ended
+
+
 async def health(request: web.Request) -> web.Response:
-    """Liveness: the process serves requests."""
+    """Liveness: the process serves requests and its essential loops run (503 naming the ended
+    ones otherwise: restart the process)."""
+    ended = ended_loops(request.app)
+    if ended:
+        body = {"status": "DOWN", "service": request.app[SERVICE_NAME], "ended": ended}
+        return json_response(body, status=503)
     return json_response({"status": "UP", "service": request.app[SERVICE_NAME]})
 
 
 async def ready(request: web.Request) -> web.Response:
     """Readiness: every dependency answers (PostgreSQL, NATS, Docker for the executor)."""
-    checks: dict[str, str] = {}
-    ok = True
+    checks = {name: f"DOWN: {how}" for name, how in ended_loops(request.app).items()}
+    ok = not checks
     for name, check in request.app[READINESS].items():
         try:
             await check()
@@ -228,6 +247,7 @@ def create_app(service: str, *, client_max_size: int = 1024**2) -> web.Applicati
     app[SERVICE_NAME] = service
     app[ERROR_RENDERERS] = {}
     app[READINESS] = {}
+    app[ESSENTIAL] = {}
     app[METRICS] = registry
     app.router.add_get("/ping", ping)
     app.router.add_get("/health", health)

@@ -16,7 +16,7 @@ from services.executor.settings import ExecutorSettings
 from services.executor.storage import StorageClient
 from shared.blobs import open_blob_store
 from shared.heartbeats import migrate_heartbeats
-from shared.service import JETSTREAM, NATS_CLIENT, POOL, RUNLOG, STORE, SUBJECTS, infrastructure, owned_task
+from shared.service import JETSTREAM, NATS_CLIENT, POOL, RUNLOG, STORE, SUBJECTS, essential_task, infrastructure
 from shared.tasks import TaskDirectory
 from shared.web import METRICS, create_app
 
@@ -62,7 +62,10 @@ def build_app(settings: ExecutorSettings) -> web.Application:
                 settings.heartbeat_interval,
             )
             # beating from the start: adopted runs are this executor's before its first job
-            async with owned_task("executor.heartbeat", beats), owned_task("executor.jobs", worker.run()) as intake:
+            async with (
+                essential_task(app, "heartbeat", beats),
+                essential_task(app, "jobs", worker.run()) as intake,
+            ):
                 yield
                 # stop intake, let running runs end for a while, then leave them to adoption
                 await worker.drain(intake, settings.shutdown_timeout)

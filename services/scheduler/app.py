@@ -14,7 +14,7 @@ from services.scheduler.settings import SchedulerSettings
 from services.scheduler.watchdog import watch
 from shared.blobs import open_blob_store
 from shared.heartbeats import migrate_heartbeats
-from shared.service import JETSTREAM, POOL, RUNLOG, STORE, SUBJECTS, infrastructure, owned_task
+from shared.service import JETSTREAM, POOL, RUNLOG, STORE, SUBJECTS, essential_task, infrastructure
 from shared.tasks import TaskDirectory
 from shared.web import create_app
 
@@ -31,8 +31,8 @@ def build_app(settings: SchedulerSettings) -> web.Application:
             app[SCHEDULER] = scheduler
             reactions = Reactions(scheduler, app[JETSTREAM], app[SUBJECTS])
             for n, factory in enumerate(consumer_tasks(reactions, app[SUBJECTS])):
-                await tasks.enter_async_context(owned_task(f"consumer-{n}", factory()))
-            await tasks.enter_async_context(owned_task("watchdog", watch(scheduler)))
+                await tasks.enter_async_context(essential_task(app, f"consumer-{n}", factory()))
+            await tasks.enter_async_context(essential_task(app, "watchdog", watch(scheduler)))
             yield
 
     app.cleanup_ctx.append(scheduler_ctx)

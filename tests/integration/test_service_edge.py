@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -19,8 +20,9 @@ from services.scheduler.settings import SchedulerSettings
 from services.storage.app import build_app as storage_app
 from services.storage.settings import StorageSettings
 from shared.contracts import Subjects
+from shared.service import STOP_ON_LOOP_END, essential_task
 from shared.settings import load_settings
-from shared.web import ApiError, create_app
+from shared.web import ESSENTIAL, SERVICE_NAME, ApiError, create_app
 
 
 @pytest.fixture(params=["registry", "scheduler", "storage", "executor"])
@@ -68,6 +70,57 @@ async def test_readiness_checks_postgres_and_nats(client: TestClient[web.Request
         assert resp.status == 503 and body["checks"]["docker"].startswith("DOWN")
     else:
         assert resp.status == 200 and body["status"] == "UP"
+
+
+ESSENTIAL_LOOPS = {
+    "registry": {"relay"},
+    "storage": {"relay"},
+    "scheduler": {"relay", "watchdog", "consumer-0", "consumer-1", "consumer-2", "consumer-3"},
+    "executor": {"relay", "heartbeat", "jobs"},
+}
+
+
+async def test_a_service_whose_loop_ended_is_not_healthy(client: TestClient[web.Request, web.Application]) -> None:
+    """A service that no longer takes jobs or relays events must be restarted, not look fine."""
+    service = client.app[SERVICE_NAME]
+    resp = await client.get("/health")
+    assert (resp.status, (await resp.json())["status"]) == (200, "UP")
+    loops = client.app[ESSENTIAL]
+    assert set(loops) == ESSENTIAL_LOOPS[service]
+    victim = sorted(loops)[-1]
+    loops[victim].cancel()  # as if it had died: only shutdown may end it
+    await asyncio.wait([loops[victim]])
+    resp = await client.get("/health")
+    assert resp.status == 503
+    assert await resp.json() == {"status": "DOWN", "service": service, "ended": {victim: "cancelled"}}
+    resp = await client.get("/ready")
+    assert resp.status == 503 and (await resp.json())["checks"][victim] == "DOWN: cancelled"
+
+
+async def test_a_loop_that_fails_stops_the_service_for_a_restart() -> None:
+    app = create_app("probe")
+    stops: list[str] = []
+    app[STOP_ON_LOOP_END] = stops.append  # serve() shuts the process down and exits 70
+    failed = asyncio.Event()
+
+    async def intake() -> None:
+        await failed.wait()
+        raise RuntimeError("fetch broke")
+
+    async def loops(app: web.Application) -> AsyncIterator[None]:
+        async with essential_task(app, "jobs", intake()):
+            yield
+
+    app.cleanup_ctx.append(loops)
+    async with TestClient(TestServer(app)) as c:
+        assert (await c.get("/health")).status == 200
+        failed.set()
+        await asyncio.wait([c.app[ESSENTIAL]["jobs"]])
+        resp = await c.get("/health")
+        assert resp.status == 503
+        assert (await resp.json())["ended"] == {"jobs": "ended: RuntimeError('fetch broke')"}
+        assert stops == ["jobs"]
+    assert stops == ["jobs"]  # and not again at shutdown
 
 
 async def test_unknown_route_is_an_upstream_error(client: TestClient[web.Request, web.Application]) -> None:
