@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -11,12 +12,23 @@ from services.executor.consumers import Worker
 from services.executor.handlers import Executor
 from services.executor.liveness import heartbeat
 from services.executor.metrics import ExecutorMetrics
+from services.executor.preload import preload_images
 from services.executor.runtime import ENGINE, docker_ctx
 from services.executor.settings import ExecutorSettings
 from services.executor.storage import StorageClient
 from shared.blobs import open_blob_store
 from shared.heartbeats import migrate_heartbeats
-from shared.service import JETSTREAM, NATS_CLIENT, POOL, RUNLOG, STORE, SUBJECTS, essential_task, infrastructure
+from shared.service import (
+    JETSTREAM,
+    NATS_CLIENT,
+    POOL,
+    RUNLOG,
+    STORE,
+    SUBJECTS,
+    essential_task,
+    infrastructure,
+    owned_task,
+)
 from shared.tasks import TaskDirectory
 from shared.web import METRICS, create_app
 
@@ -61,11 +73,13 @@ def build_app(settings: ExecutorSettings) -> web.Application:
                 lambda: len(executor.active_runs),
                 settings.heartbeat_interval,
             )
-            # beating from the start: adopted runs are this executor's before its first job
-            async with (
-                essential_task(app, "heartbeat", beats),
-                essential_task(app, "jobs", worker.run()) as intake,
-            ):
+            async with contextlib.AsyncExitStack() as loops:
+                # beating from the start: adopted runs are this executor's before its first job
+                await loops.enter_async_context(essential_task(app, "heartbeat", beats))
+                if settings.preload_images:
+                    preload = preload_images(executor, app[JETSTREAM], app[SUBJECTS])
+                    await loops.enter_async_context(owned_task("preload", preload))
+                intake = await loops.enter_async_context(essential_task(app, "jobs", worker.run()))
                 yield
                 # stop intake, let running runs end for a while, then leave them to adoption
                 await worker.drain(intake, settings.shutdown_timeout)

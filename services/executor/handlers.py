@@ -162,7 +162,7 @@ class Executor:
                 return await self._end(
                     run_id, FailRun(code=FailureCode.TASK_DELETED, message="task deleted", stage=FailureStage.PREPARE)
                 )
-            await self._ensure_image(task)
+            await self.ensure_image(task)
             container_id = await self.engine.create(self._spec(state, task))
             registered = task.registered
             # one archive call: each costs the engine a helper process (about 100 ms of CPU)
@@ -192,7 +192,8 @@ class Executor:
         log.info("run.started", run_id=str(run_id), container=container_id[:12])
         return await self._watch(state, container_id, task, since=None)
 
-    async def _ensure_image(self, task: Task) -> None:
+    async def ensure_image(self, task: Task) -> None:
+        """Load the task's image into the engine from the blob store unless it is there."""
         key = task.registered.image_key
         image_id = task.registered.image_id
         if await self.engine.has_image(image_id):

@@ -37,6 +37,9 @@ class ExecutorSettings(CommonSettings, frozen=True, kw_only=True):
     heartbeat_interval: float = 5.0
     """``HEARTBEAT_INTERVAL``: seconds between heartbeats; keep well under the scheduler's
     ``EXECUTOR_TIMEOUT`` (default 30)."""
+    preload_images: bool = True
+    """``PRELOAD_IMAGES``: load a task's image into the engine when the task is registered,
+    ahead of its first run (otherwise the first run loads it)."""
     watch_interval: float = 2.0
     """``WATCH_INTERVAL``: seconds between checks of a running run's log (cancel, deadline) when
     no event arrives on NATS to wake the executor earlier."""

@@ -386,13 +386,14 @@ async def test_adds_two_integers_loading_the_image_from_the_blob_store(
 ) -> None:
     image = images["add"]
     # absent from the engine: the executor must load it from the blob store
-    docker("rmi", "-f", image.tag)
+    docker("rmi", "-f", image.image_id)
     task_id = await harness.task(image, inputs=("a", "b"), outputs=("sum",))
     job = await harness.run(task_id, {"a": b"2", "b": b"3"}, ("sum",), publish=False)
-    client = await harness.executor()()
+    client = await harness.executor(PRELOAD_IMAGES="false")()
     try:
         await harness.publish(job)
         state = await harness.ended(job.run_id)
+        metrics = await (await client.get("/metrics")).text()
     finally:
         await client.close()
     assert state.status is RunStatus.FINISHED, state.failure
@@ -401,6 +402,7 @@ async def test_adds_two_integers_loading_the_image_from_the_blob_store(
     assert states[-5:] == ["QUEUED", "PENDING", "RUNNING", "RUNNING", "FINISHED"]
     assert state.executor_id == harness.executor_id and state.attempt == 1
     assert docker("image", "inspect", "--format", "{{.Id}}", image.image_id).strip() == image.image_id
+    assert "appengine_executor_image_loads_total 1.0" in metrics
     # the executor's heartbeat, which the scheduler's watchdog reads
     beat = await harness.store.pool.fetchrow(
         f"SELECT slots, last_seen FROM {harness.store.schema}.executor_heartbeats WHERE executor_id = $1",
@@ -408,6 +410,22 @@ async def test_adds_two_integers_loading_the_image_from_the_blob_store(
     )
     assert beat is not None and beat["slots"] == 2
     assert containers(harness.label) == []
+
+
+async def test_a_registered_tasks_image_is_loaded_before_its_first_run(
+    harness: Harness, executor: Client, images: dict[str, Image]
+) -> None:
+    image = images["add"]
+    docker("rmi", "-f", image.image_id)  # by id: every tag of it goes
+    assert docker("image", "inspect", image.image_id, check=False).strip() in ("", "[]")
+    await harness.task(image, inputs=("a", "b"), outputs=("sum",))
+
+    async def loaded() -> bool:
+        metrics = await (await executor.get("/metrics")).text()
+        return "appengine_executor_image_loads_total 1.0" in metrics
+
+    await eventually(loaded, within=60, what="image loaded on task.registered")
+    assert docker("image", "inspect", "--format", "{{.Id}}", image.image_id).strip() == image.image_id
 
 
 async def test_a_nonzero_exit_fails_the_run_with_its_code_and_last_lines(
