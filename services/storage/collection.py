@@ -87,7 +87,7 @@ class Collection:
                 f"{err['details'].get('parameterName')}: {err['message']} ({err['errorCode']})" for err in errors
             )
             return await self._fail(ctx, errors, exit_code, reasons)
-        state = await self.s.execute_all(ctx.run_id, [CollectOutputs(outputs=tuple(records), exit_code=exit_code)])
+        state = await self.s.execute_all(ctx, [CollectOutputs(outputs=tuple(records), exit_code=exit_code)])
         assert state.status is not None
         return {"state": state.status.value, "errors": []}
 
@@ -116,6 +116,6 @@ class Collection:
                 stage=FailureStage.COLLECT,
                 exit_code=exit_code,
             )
-        state = await self.s.execute_all(ctx.run_id, [command])
+        state = await self.s.execute_all(ctx, [command])
         assert state.status is not None
         return {"state": state.status.value, "errors": errors}

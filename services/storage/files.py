@@ -3,10 +3,10 @@
 Images, as upstream: a zip (``PK\\x03\\x04``) is a WSI-DICOM archive (every entry must be DICOM,
 ``DICM`` at byte 128) and is unpacked into a directory; otherwise, with ``formats`` declared, the
 first format whose signature matches (png, jpeg, tiff, dicom) else "invalid image format"; then
-``max_width``/``max_height`` (dimensions read with Pillow from the header only; unreadable →
-"invalid image dimension"), ``max_file_size`` ("invalid image size"), and a TIFF must be RGB and
-not tiled ("invalid image"). Files: any bytes; unlike upstream, a declared ``max_file_size`` is
-enforced.
+``max_width``/``max_height`` (dimensions read from the header only: DICOM's ``Columns``/``Rows``
+by :mod:`.dicom`, other formats with Pillow; unreadable → "invalid image dimension"),
+``max_file_size`` ("invalid image size"), and a TIFF must be RGB and not tiled ("invalid
+image"). Files: any bytes; unlike upstream, a declared ``max_file_size`` is enforced.
 
 Only headers are read, never pixels, so Pillow's decompression-bomb guard (which refuses to
 even open a large whole-slide image) is off in this process.
@@ -17,11 +17,13 @@ from __future__ import annotations
 import pathlib
 import re
 import zipfile
+import zlib
 from typing import Final
 
 from PIL import Image
 
 from services.storage import errors as e
+from services.storage.dicom import dicom_dimensions
 from services.storage.errors import ValueRejected
 from shared.descriptor.types import FileType, ImageType
 
@@ -36,6 +38,7 @@ _SIGNATURES: Final = {
 }
 _ENTRY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 MAX_DICOM_ENTRIES: Final = 100_000
+UNREADABLE_ZIP: Final = (zipfile.BadZipFile, NotImplementedError, OSError, EOFError, zlib.error)
 
 
 def _head(path: pathlib.Path) -> bytes:
@@ -77,6 +80,8 @@ def check_image(ptype: ImageType, path: pathlib.Path, max_unpacked: int | None =
 
 
 def _dimensions(path: pathlib.Path) -> tuple[int, int] | None:
+    if _SIGNATURES["dicom"](_head(path)):
+        return dicom_dimensions(path)  # Pillow cannot read DICOM
     try:
         with Image.open(path) as image:
             return image.size
@@ -108,11 +113,15 @@ def dicom_entries(path: pathlib.Path, max_unpacked: int | None = None) -> list[t
                 with z.open(info) as f:
                     if f.read(132)[128:132] != b"DICM":
                         raise ValueRejected(e.IMAGE_FORMAT)
-                name = info.filename.rsplit("/", 1)[-1]
-                if not _ENTRY_NAME.match(name) or name in seen:
+                parts = info.filename.split("/")
+                name = parts[-1]
+                # flattened, so no entry could land outside the directory; but an archive that
+                # tries to (absolute or ``..`` names) is refused rather than silently renamed
+                escapes = info.filename.startswith("/") or ".." in parts
+                if escapes or not _ENTRY_NAME.match(name) or name in seen:
                     raise ValueRejected(e.IMAGE_FORMAT)
                 seen.add(name)
                 pairs.append((info.filename, name))
             return pairs
-    except (zipfile.BadZipFile, NotImplementedError, OSError, EOFError):
-        raise ValueRejected(e.IMAGE_FORMAT) from None
+    except UNREADABLE_ZIP:
+        raise ValueRejected(e.TYPE) from None  # upstream: the zip's IOException → "invalid parameter type"

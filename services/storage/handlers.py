@@ -22,9 +22,7 @@ closing it needs a per-run lock shared with the scheduler (not done).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import random
 import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -36,13 +34,11 @@ from services.storage import errors as e
 from shared import layout
 from shared.blobstore import BlobNotFound, BlobStore
 from shared.descriptor.model import Descriptor, Input, Output
-from shared.domain.decide import Command, decide
+from shared.domain.decide import Command
 from shared.domain.errors import InvalidRunState, RunNotFound
 from shared.domain.events import RunStatus
-from shared.domain.evolve import evolve
 from shared.domain.state import RunState
 from shared.runlog.runs import RunLog
-from shared.runlog.store import ConcurrencyError
 from shared.tasks import TaskDirectory
 
 PROVISIONABLE: Final = (RunStatus.CREATED, RunStatus.PROVISIONED)
@@ -133,24 +129,10 @@ class Storage:
         if ctx.state.status not in PROVISIONABLE:
             raise InvalidRunState()
 
-    async def execute_all(self, run_id: uuid.UUID, commands: Sequence[Command]) -> RunState:
-        """Decide ``commands`` in order on the run's state and append all their events at once."""
-        for attempt in range(50):
-            state = await self.runlog.load(run_id)
-            now = self.runlog.clock()
-            after = state
-            events = []
-            for command in commands:
-                for event in decide(after, command, now):
-                    after = evolve(after, event)
-                    events.append(event)
-            if not events:
-                return state
-            try:
-                return (await self.runlog.append(state, events, now))[0]
-            except ConcurrencyError:
-                await asyncio.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))
-        raise ConcurrencyError(f"run {run_id}: gave up after 50 concurrent appends")
+    async def execute_all(self, ctx: RunContext, commands: Sequence[Command]) -> RunState:
+        """Decide ``commands`` in order on the run's state and append all their events at once
+        (first on the state ``ctx`` was loaded with: the append checks it is still current)."""
+        return (await self.runlog.execute_all(ctx.run_id, commands, state=ctx.state))[0]
 
     # --- blobs ----------------------------------------------------------------------------------
 
@@ -166,8 +148,10 @@ class Storage:
         return size, checksum(digests)
 
     async def clear(self, key: str) -> None:
-        await self.blobs.delete(key)
+        # the blobs under the key first: on the local backend a value that was a directory (an
+        # array, a WSI-DICOM image) is a folder, which deleting the key as a file cannot remove
         await self.blobs.delete_prefix(key)
+        await self.blobs.delete(key)
 
     async def read_small(self, key: str) -> bytes:
         """A value blob's bytes (bounded: values are small; files are never read this way)."""

@@ -13,9 +13,9 @@ instead of upstream's writing of the text ``null``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import pathlib
 import zipfile
+import zlib
 from typing import Any, Final
 
 from services.storage import errors as e
@@ -85,7 +85,7 @@ class Provisioning:
             await self.s.blobs.delete(f"{key}.geojson")
             size, digest = await self.s.replace(key, p.encoded.files)
             commands.append(ProvisionInput(parameter=p.param.name, kind=InputKind.VALUE, size=size, checksum=digest))
-        await self.s.execute_all(ctx.run_id, commands)
+        await self.s.execute_all(ctx, commands)
 
     async def json_single(self, run_id: str, path_name: str, body: object) -> dict[str, Any]:
         ctx = await self.s.context(run_id)
@@ -172,7 +172,7 @@ class Provisioning:
         command = ProvisionInput(
             parameter=param.name, kind=InputKind.ARRAY_ITEM, index=index_text, size=size, checksum=digest
         )
-        await self.s.execute_all(ctx.run_id, [command])
+        await self.s.execute_all(ctx, [command])
 
     # --- binary ---------------------------------------------------------------------------------
 
@@ -207,11 +207,15 @@ class Provisioning:
         unpacked = received.parent / f"{received.name}.d"
         local = {"": received}
         if dicom is not None:
-            local = await asyncio.to_thread(_unzip, received, unpacked, dicom)
+            try:
+                local = await asyncio.to_thread(_unzip, received, unpacked, dicom)
+            except ValueRejected as err:
+                raise e.parameter_rejected(name, err) from None
         if indexes is not None:
+            item = self.s.inputs_key(ctx, param.name, *map(str, indexes))
+            await self.s.blobs.delete(f"{item}.geojson")  # the replaced item's location, if any
             await self._store_item(ctx, param, indexes, (), local)
             if sidecar is not None:
-                item = self.s.inputs_key(ctx, param.name, *map(str, indexes))
                 await self.s.blobs.put_file(f"{item}.geojson", sidecar)
             index = "/".join(map(str, indexes))
             return {"index": f"{param.name}/{index}", "taskRunId": str(ctx.run_id)}
@@ -227,18 +231,23 @@ class Provisioning:
         if sidecar is not None:
             await self.s.blobs.put_file(f"{key}.geojson", sidecar)
         command = ProvisionInput(parameter=param.name, kind=InputKind.FILE, size=size, checksum=checksum(digests))
-        await self.s.execute_all(ctx.run_id, [command])
+        await self.s.execute_all(ctx, [command])
         return {"parameterName": param.name, "taskRunId": str(ctx.run_id)}
 
 
 def _unzip(archive: pathlib.Path, target: pathlib.Path, entries: list[tuple[str, str]]) -> dict[str, pathlib.Path]:
     target.mkdir(parents=True, exist_ok=True)
     files = {}
-    with zipfile.ZipFile(archive) as z:
-        for entry, stored in entries:
-            path = target / stored
-            with z.open(entry) as source, path.open("wb") as out, contextlib.suppress(EOFError):
-                while chunk := source.read(1024 * 1024):
-                    out.write(chunk)
-            files[stored] = path
+    try:
+        with zipfile.ZipFile(archive) as z:
+            for entry, stored in entries:
+                path = target / stored
+                with z.open(entry) as source, path.open("wb") as out:
+                    while chunk := source.read(1024 * 1024):
+                        out.write(chunk)
+                files[stored] = path
+    except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError):
+        # a bad CRC or a broken stream past the headers check_image read (upstream: the
+        # unzip's IOException, "invalid parameter type"); never a truncated file kept
+        raise ValueRejected(e.TYPE) from None
     return files

@@ -94,7 +94,8 @@ class Reading:
                 nested, subtype = await self._array(atype.subtype, item_key, read)
                 value: Any = {"value": nested, "subType": subtype}
             else:
-                if not await self.s.blobs.exists(item_key):
+                # a WSI-DICOM item is a directory: blobs under the key, none at it
+                if not await self.s.blobs.exists(item_key) and not await self.s.blobs.list(item_key):
                     continue  # an index not provisioned (item by item)
                 value = await self._scalar(atype.subtype, item_key, read)
             items.append({"index": index, "value": value})
