@@ -873,7 +873,7 @@ STAGES = [
     ("admission: requested → queued (relay, JetStream, scheduler consumer)", "requested", "queued"),
     ("dispatch: queued → pending (work queue, executor fetch, TakeRun)", "queued", "pending"),
     ("prepare: pending → container created (task, image check, create)", "pending", "d:create"),
-    ("prepare: created → `started` (2 put_archive, inputs from storage, StartRun)", "d:create", "started"),
+    ("prepare: created → `started` (put_archive of the inputs from storage, StartRun)", "d:create", "started"),
     ("start: `started` → container started (engine start)", "started", "d:start"),
     ("task: container start → exit", "d:start", "d:die"),
     ("collect: exit → `finished` (wait, inspect, logs, log blob, outputs to storage)", "d:die", "finished"),
