@@ -23,6 +23,7 @@ from shared.domain.errors import InvalidRunState, RunNotFound, UnknownDesiredSta
 from shared.domain.events import RunStatus
 from shared.domain.state import RunState
 from shared.runlog.runs import RunLog
+from shared.runlog.schema import Conn
 from shared.runlog.store import StoredEvent
 from shared.tasks import Task, TaskDirectory
 
@@ -108,8 +109,8 @@ class Scheduler:
         log.info("run.created", run_id=str(run_id), task=f"{d.namespace}/{d.version}")
         return state
 
-    async def get(self, run_id: uuid.UUID) -> RunState:
-        state = await self.runlog.load(run_id)
+    async def get(self, run_id: uuid.UUID, *, conn: Conn | None = None) -> RunState:
+        state = await self.runlog.load(run_id, conn=conn)
         if not state.exists or state.deleted:
             raise RunNotFound()
         return state
@@ -120,15 +121,17 @@ class Scheduler:
         desired = body.get("desired") if isinstance(body, dict) else None
         if not isinstance(desired, str) or desired not in RunStatus.__members__:
             raise BadStateRequest()
-        state = await self.get(run_id)
-        if desired == RunStatus.PROVISIONED:
-            state, _ = await self.runlog.execute(run_id, MarkProvisioned(), state=state)
-        elif desired == RunStatus.RUNNING:
-            state, _ = await self.runlog.execute(run_id, RequestRun(), state=state)
-        elif desired == RunStatus.FINISHED:
+        if desired == RunStatus.FINISHED:
+            await self.get(run_id)
             raise InvalidRunState("a run finishes only when its execution ends")
-        else:
+        if desired not in (RunStatus.PROVISIONED, RunStatus.RUNNING):
+            await self.get(run_id)
             raise UnknownDesiredState()
+        command = MarkProvisioned() if desired == RunStatus.PROVISIONED else RequestRun()
+        # under the run's lock: a provision in progress ends (and is counted) before the run moves on
+        async with self.runlog.exclusive(run_id) as conn:
+            state = await self.get(run_id, conn=conn)
+            state, _ = await self.runlog.execute(run_id, command, state=state, conn=conn)
         return state
 
     async def cancel(self, run_id: uuid.UUID) -> RunState:
@@ -138,8 +141,9 @@ class Scheduler:
 
     async def delete(self, run_id: uuid.UUID) -> None:
         """Delete a run: its history stays, its files go, its container is stopped."""
-        await self.get(run_id)
-        await self.runlog.execute(run_id, DeleteRun())
+        async with self.runlog.exclusive(run_id) as conn:
+            state = await self.get(run_id, conn=conn)
+            await self.runlog.execute(run_id, DeleteRun(), state=state, conn=conn)
         await self.blobs.delete_prefix(layout.run_prefix(run_id))
         log.info("run.deleted", run_id=str(run_id))
 

@@ -33,6 +33,7 @@ are streamed to ``DATA_DIR/tmp/storage`` and bounded by ``MAX_INPUT_FILE_SIZE`` 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import pathlib
 import shutil
 import uuid
@@ -112,18 +113,24 @@ async def provision_item_json(request: web.Request) -> web.Response:
     return json_response(echo)
 
 
-async def _stream_part(part: BodyPartReader, target: pathlib.Path, limit: int) -> None:
+async def _stream_part(part: BodyPartReader, target: pathlib.Path, limit: int) -> str:
+    """Write the part to ``target``; its sha256, computed as it arrives so that storing the file
+    needs no second pass over it."""
     written = 0
+    digest = hashlib.sha256()
     with target.open("wb") as f:
         while chunk := await part.read_chunk(CHUNK):
             written += len(chunk)
             if written > limit:
                 raise e.TooLarge("APPE-internal-request-too-large", f"a file part is larger than {limit} bytes")
+            digest.update(chunk)
             f.write(chunk)
+    return digest.hexdigest()
 
 
-async def _receive(request: web.Request, file: pathlib.Path, sidecar: pathlib.Path) -> bool:
-    """Stream part 1 to ``file`` and an optional part 2 to ``sidecar``; True if there was one."""
+async def _receive(request: web.Request, file: pathlib.Path, sidecar: pathlib.Path) -> tuple[str, bool]:
+    """Stream part 1 to ``file`` and an optional part 2 to ``sidecar``: the sha256 of part 1, and
+    whether there was a part 2."""
     if not request.content_type.startswith("multipart/"):
         raise e.Invalid("APPE-internal-not-multipart", "payload is not multipart")
     try:
@@ -133,12 +140,12 @@ async def _receive(request: web.Request, file: pathlib.Path, sidecar: pathlib.Pa
             raise e.Invalid("APPE-internal-no-file-parts", "payload does not contain file parts")
         if not isinstance(part, BodyPartReader) or part.filename is None:
             raise e.Invalid("APPE-internal-no-file-but-form-field", "payload does not contain file but form field")
-        await _stream_part(part, file, request.app[MAX_FILE])
+        digest = await _stream_part(part, file, request.app[MAX_FILE])
         second = await reader.next()
         if isinstance(second, BodyPartReader):
             await _stream_part(second, sidecar, MAX_SIDECAR)
-            return True
-        return False
+            return digest, True
+        return digest, False
     except _BODY_ERRORS as exc:
         raise e.Invalid("APPE-internal-not-multipart", f"malformed multipart body: {type(exc).__name__}") from None
 
@@ -149,10 +156,10 @@ async def provision_binary(request: web.Request) -> web.Response:
     token = uuid.uuid4().hex
     file, sidecar = workdir / f"in-{token}", workdir / f"in-{token}.geojson"
     try:
-        has_sidecar = await _receive(request, file, sidecar)
+        digest, has_sidecar = await _receive(request, file, sidecar)
         indexes = request.query.get("value", "") if info.get("indexes") else None
         echo = await request.app[PROVISIONING].binary(
-            info["run_id"], info["param"], indexes, file, sidecar if has_sidecar else None
+            info["run_id"], info["param"], indexes, file, sidecar if has_sidecar else None, received_sha256=digest
         )
     finally:
         _remove(file, sidecar, workdir / f"in-{token}.d")

@@ -12,16 +12,17 @@ provisioned parameters; zips and tars list the blobs and compute CRCs while stre
 table would be a second source of truth to keep in step with the blobs, with no query it
 answers better: reads are per run, and the blobs must be read anyway for zips and tars.
 
-Consistency: a provision checks the run state before writing, writes its blobs, then appends
-its events (``ProvisionInput``, decided again by the domain). If the run left
-CREATED/PROVISIONED in between (a concurrent ``RUNNING`` request), the append is refused (403)
-after the blobs were replaced; readers only ever serve parameters the log says are
-provisioned, but the replaced value is what the run will see. The window is one request long;
-closing it needs a per-run lock shared with the scheduler (not done).
+Consistency: a provision validates first, then, holding the run's advisory lock
+(:meth:`RunLog.exclusive`), checks the run is still CREATED/PROVISIONED, writes its blobs and
+appends its events (``ProvisionInput``, decided again by the domain) on the lock's connection.
+The scheduler takes the same lock to move a run on (``RUNNING``, ``PROVISIONED``, deletion),
+so a run's input files never change after it was requested to run, and two provisions of one
+run never interleave their blob writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import uuid
@@ -39,6 +40,7 @@ from shared.domain.errors import InvalidRunState, RunNotFound
 from shared.domain.events import RunStatus
 from shared.domain.state import RunState
 from shared.runlog.runs import RunLog
+from shared.runlog.schema import Conn
 from shared.tasks import TaskDirectory
 
 PROVISIONABLE: Final = (RunStatus.CREATED, RunStatus.PROVISIONED)
@@ -129,10 +131,22 @@ class Storage:
         if ctx.state.status not in PROVISIONABLE:
             raise InvalidRunState()
 
-    async def execute_all(self, ctx: RunContext, commands: Sequence[Command]) -> RunState:
+    @contextlib.asynccontextmanager
+    async def changing_inputs(self, ctx: RunContext) -> AsyncIterator[tuple[RunContext, Conn]]:
+        """The run locked, reloaded and still provisionable (403 otherwise), with the lock's
+        connection for :meth:`execute_all`: write input blobs only inside this block."""
+        async with self.runlog.exclusive(ctx.run_id) as conn:
+            state = await self.runlog.load(ctx.run_id, conn=conn)
+            if not state.exists or state.deleted:
+                raise RunNotFound()
+            locked = RunContext(state=state, descriptor=ctx.descriptor)
+            self.require_provisionable(locked)
+            yield locked, conn
+
+    async def execute_all(self, ctx: RunContext, commands: Sequence[Command], conn: Conn | None = None) -> RunState:
         """Decide ``commands`` in order on the run's state and append all their events at once
         (first on the state ``ctx`` was loaded with: the append checks it is still current)."""
-        return (await self.runlog.execute_all(ctx.run_id, commands, state=ctx.state))[0]
+        return (await self.runlog.execute_all(ctx.run_id, commands, state=ctx.state, conn=conn))[0]
 
     # --- blobs ----------------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from shared.descriptor.model import Input
 from shared.descriptor.types import ArrayType, FileType, ImageType
 from shared.domain.decide import ClearInputs, Command, ProvisionInput
 from shared.domain.events import InputKind
+from shared.runlog.schema import Conn
 
 WIRE_TYPES: Final = frozenset(
     {"BOOLEAN", "INTEGER", "NUMBER", "STRING", "ENUMERATION", "DATETIME", "GEOMETRY", "IMAGE", "FILE", "ARRAY"}
@@ -74,18 +75,21 @@ class Provisioning:
         return _Planned(param, encode(param.type, value, max_array=self.s.limits.max_array))
 
     async def _store(self, ctx: RunContext, planned: list[_Planned]) -> None:
-        commands: list[Command] = []
-        for p in planned:
-            key = self.s.inputs_key(ctx, p.param.name)
-            if p.encoded is None:
-                await self.s.clear(key)
+        async with self.s.changing_inputs(ctx) as (ctx, conn):
+            commands: list[Command] = []
+            for p in planned:
+                key = self.s.inputs_key(ctx, p.param.name)
+                if p.encoded is None:
+                    await self.s.clear(key)
+                    await self.s.blobs.delete(f"{key}.geojson")
+                    commands.append(ClearInputs(parameters=(p.param.name,)))
+                    continue
                 await self.s.blobs.delete(f"{key}.geojson")
-                commands.append(ClearInputs(parameters=(p.param.name,)))
-                continue
-            await self.s.blobs.delete(f"{key}.geojson")
-            size, digest = await self.s.replace(key, p.encoded.files)
-            commands.append(ProvisionInput(parameter=p.param.name, kind=InputKind.VALUE, size=size, checksum=digest))
-        await self.s.execute_all(ctx, commands)
+                size, digest = await self.s.replace(key, p.encoded.files)
+                commands.append(
+                    ProvisionInput(parameter=p.param.name, kind=InputKind.VALUE, size=size, checksum=digest)
+                )
+            await self.s.execute_all(ctx, commands, conn)
 
     async def json_single(self, run_id: str, path_name: str, body: object) -> dict[str, Any]:
         ctx = await self.s.context(run_id)
@@ -144,13 +148,15 @@ class Provisioning:
             encoded = encode_item(atype, indexes, body.get("value"), max_array=self.s.limits.max_array)
         except ValueRejected as err:
             raise e.parameter_rejected(name, err) from None
-        await self._store_item(ctx, param, indexes, encoded.files)
+        async with self.s.changing_inputs(ctx) as (ctx, conn):
+            await self._store_item(ctx, conn, param, indexes, encoded.files)
         index = "/".join(map(str, indexes))
         return {"index": f"{param.name}/{index}", "value": encoded.echo, "taskRunId": str(ctx.run_id)}
 
     async def _store_item(
         self,
         ctx: RunContext,
+        conn: Conn,
         param: Input,
         indexes: list[int],
         files: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...],
@@ -172,7 +178,7 @@ class Provisioning:
         command = ProvisionInput(
             parameter=param.name, kind=InputKind.ARRAY_ITEM, index=index_text, size=size, checksum=digest
         )
-        await self.s.execute_all(ctx, [command])
+        await self.s.execute_all(ctx, [command], conn)
 
     # --- binary ---------------------------------------------------------------------------------
 
@@ -183,8 +189,14 @@ class Provisioning:
         indexes_text: str | None,
         received: pathlib.Path,
         sidecar: pathlib.Path | None,
+        *,
+        received_sha256: str | None = None,
     ) -> dict[str, Any]:
-        """A file or image received into ``received`` (and a ``.geojson`` sidecar) for ``name``."""
+        """A file or image received into ``received`` (and a ``.geojson`` sidecar) for ``name``.
+
+        With the sha256 of ``received`` (hashed while it arrived), a plain file or image is moved
+        into the blob store (:meth:`BlobStore.adopt`: a rename on the local backend) instead of
+        copied and hashed again."""
         ctx = await self.s.context(run_id)
         param = ctx.input(name)
         indexes = None if indexes_text is None else parse_indexes(name, indexes_text)
@@ -211,27 +223,33 @@ class Provisioning:
                 local = await asyncio.to_thread(_unzip, received, unpacked, dicom)
             except ValueRejected as err:
                 raise e.parameter_rejected(name, err) from None
-        if indexes is not None:
-            item = self.s.inputs_key(ctx, param.name, *map(str, indexes))
-            await self.s.blobs.delete(f"{item}.geojson")  # the replaced item's location, if any
-            await self._store_item(ctx, param, indexes, (), local)
+        async with self.s.changing_inputs(ctx) as (ctx, conn):
+            if indexes is not None:
+                item = self.s.inputs_key(ctx, param.name, *map(str, indexes))
+                await self.s.blobs.delete(f"{item}.geojson")  # the replaced item's location, if any
+                if sidecar is not None:
+                    await self.s.blobs.put_file(f"{item}.geojson", sidecar)
+                await self._store_item(ctx, conn, param, indexes, (), local)
+                index = "/".join(map(str, indexes))
+                return {"index": f"{param.name}/{index}", "taskRunId": str(ctx.run_id)}
+            key = self.s.inputs_key(ctx, param.name)
+            await self.s.clear(key)
+            await self.s.blobs.delete(f"{key}.geojson")
+            digests = []
+            size = 0
+            if dicom is None and received_sha256 is not None:
+                size = await self.s.blobs.adopt(key, received)
+                digests.append(("", received_sha256))
+            else:
+                for path, source in local.items():
+                    info = await self.s.blobs.put_file(f"{key}/{path}" if path else key, source)
+                    digests.append((path, info.sha256))
+                    size += info.size
             if sidecar is not None:
-                await self.s.blobs.put_file(f"{item}.geojson", sidecar)
-            index = "/".join(map(str, indexes))
-            return {"index": f"{param.name}/{index}", "taskRunId": str(ctx.run_id)}
-        key = self.s.inputs_key(ctx, param.name)
-        await self.s.clear(key)
-        await self.s.blobs.delete(f"{key}.geojson")
-        digests = []
-        size = 0
-        for path, source in local.items():
-            info = await self.s.blobs.put_file(f"{key}/{path}" if path else key, source)
-            digests.append((path, info.sha256))
-            size += info.size
-        if sidecar is not None:
-            await self.s.blobs.put_file(f"{key}.geojson", sidecar)
-        command = ProvisionInput(parameter=param.name, kind=InputKind.FILE, size=size, checksum=checksum(digests))
-        await self.s.execute_all(ctx, [command])
+                await self.s.blobs.put_file(f"{key}.geojson", sidecar)
+            digest = checksum(digests)
+            command = ProvisionInput(parameter=param.name, kind=InputKind.FILE, size=size, checksum=digest)
+            await self.s.execute_all(ctx, [command], conn)
         return {"parameterName": param.name, "taskRunId": str(ctx.run_id)}
 
 

@@ -8,10 +8,12 @@ just loaded passes it and saves the load.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import random
 import uuid
-from collections.abc import Callable, Sequence
+import zlib
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import msgspec
 
@@ -19,6 +21,7 @@ from shared.domain.decide import Command, decide
 from shared.domain.events import RunEvent, RunStatus, event_tag
 from shared.domain.evolve import evolve
 from shared.domain.state import RunState, initial_state
+from shared.runlog.schema import Conn
 from shared.runlog.store import ConcurrencyError, CorruptLog, EventStore, NewEvent, RunRow, StoredEvent
 
 _encoder = msgspec.json.Encoder()
@@ -55,6 +58,11 @@ def fold_stored(run_id: uuid.UUID, history: Sequence[StoredEvent]) -> RunState:
             raise CorruptLog(f"run {run_id}: event {stored.seq} follows {state.version}")
         state = evolve(state, decode_run_event(stored))
     return state
+
+
+def _int4(value: int) -> int:
+    """An unsigned 32-bit value as PostgreSQL's signed ``integer``."""
+    return value - (1 << 32) if value >= 1 << 31 else value
 
 
 def run_row(state: RunState) -> RunRow:
@@ -95,11 +103,35 @@ class RunLog:
         self.clock = clock
         self.max_attempts = max_attempts
 
-    async def load(self, run_id: uuid.UUID) -> RunState:
-        return fold_stored(run_id, await self.store.read(run_id))
+    async def load(self, run_id: uuid.UUID, *, conn: Conn | None = None) -> RunState:
+        return fold_stored(run_id, await self.store.read(run_id, conn=conn))
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, run_id: uuid.UUID) -> AsyncIterator[Conn]:
+        """A connection holding the run's advisory lock, for the whole block.
+
+        For changes that write outside the log before appending (storage's input files): the
+        writer and whoever moves the run on (the scheduler's state actions, deletion) take it,
+        so a run's inputs never change after it left PROVISIONED. Pass the connection to
+        ``load``/``execute`` inside the block: they then need no second pool connection, so
+        lock holders can never exhaust the pool waiting on each other.
+        """
+        space, key = _int4(zlib.crc32(f"{self.store.schema}:runs".encode())), _int4(zlib.crc32(run_id.bytes))
+        async with self.store.pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1, $2)", space, key)
+            try:
+                yield conn
+            finally:
+                # also released if this fails: the pool resets a connection it takes back
+                await conn.execute("SELECT pg_advisory_unlock($1, $2)", space, key)
 
     async def append(
-        self, state: RunState, events: Sequence[RunEvent], now: dt.datetime | None = None
+        self,
+        state: RunState,
+        events: Sequence[RunEvent],
+        now: dt.datetime | None = None,
+        *,
+        conn: Conn | None = None,
     ) -> tuple[RunState, list[StoredEvent]]:
         """Append ``events`` decided on ``state``; each record carries the state after it."""
         occurred_at = now or self.clock()
@@ -117,11 +149,13 @@ class RunLog:
                 )
             )
         expected = state.version - len(events)
-        stored = await self.store.append("run", state.run_id, expected, new_events, run_row(state))
+        stored = await self.store.append("run", state.run_id, expected, new_events, run_row(state), conn=conn)
+        if conn is not None and not conn.is_in_transaction():
+            await self.store.wake()  # committed already: the store leaves the wake to the committer
         return state, stored
 
     async def execute(
-        self, run_id: uuid.UUID, command: Command, *, state: RunState | None = None
+        self, run_id: uuid.UUID, command: Command, *, state: RunState | None = None, conn: Conn | None = None
     ) -> tuple[RunState, list[StoredEvent]]:
         """Decide ``command`` on the run's current state and append the result.
 
@@ -129,16 +163,21 @@ class RunLog:
         its version, so a state gone stale only costs a retry. Retries from a fresh load when
         another writer appended first; domain errors propagate.
         """
-        return await self.execute_all(run_id, (command,), state=state)
+        return await self.execute_all(run_id, (command,), state=state, conn=conn)
 
     async def execute_all(
-        self, run_id: uuid.UUID, commands: Sequence[Command], *, state: RunState | None = None
+        self,
+        run_id: uuid.UUID,
+        commands: Sequence[Command],
+        *,
+        state: RunState | None = None,
+        conn: Conn | None = None,
     ) -> tuple[RunState, list[StoredEvent]]:
         """Decide ``commands`` in order, each on the state the previous ones lead to, and append
         all their events in one statement (all or nothing)."""
         for attempt in range(self.max_attempts):
             if state is None or state.run_id != run_id:
-                state = await self.load(run_id)
+                state = await self.load(run_id, conn=conn)
             now = self.clock()
             after = state
             events: list[RunEvent] = []
@@ -149,7 +188,7 @@ class RunLog:
             if not events:
                 return state, []
             try:
-                return await self.append(state, events, now)
+                return await self.append(state, events, now, conn=conn)
             except ConcurrencyError:
                 state = None
                 # jittered backoff so a crowd of writers on one run does not retry in lockstep

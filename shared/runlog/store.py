@@ -214,9 +214,9 @@ class EventStore:
             with contextlib.suppress(Exception):
                 await self.on_commit()
 
-    async def read(self, aggregate_id: uuid.UUID, after_seq: int = 0) -> list[StoredEvent]:
+    async def read(self, aggregate_id: uuid.UUID, after_seq: int = 0, *, conn: Conn | None = None) -> list[StoredEvent]:
         """An aggregate's events after ``after_seq``, in sequence order."""
-        rows = await self.pool.fetch(self._sql_read, aggregate_id, after_seq)
+        rows = await (conn or self.pool).fetch(self._sql_read, aggregate_id, after_seq)
         return [record_to_event(r) for r in rows]
 
     async def read_all(
