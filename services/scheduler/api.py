@@ -17,7 +17,7 @@ import uuid
 import msgspec
 from aiohttp import web
 
-from services.scheduler.handlers import BadQuery, BadStateRequest, Scheduler, TaskNotFound, parse_run_id
+from services.scheduler.handlers import BadQuery, BadStateRequest, NotMatching, Scheduler, TaskNotFound, parse_run_id
 from services.scheduler.views import state_action, task_body, task_run, task_run_response
 from shared.domain.events import RunStatus
 from shared.tasks import Task
@@ -36,6 +36,12 @@ def install_error_renderers(app: web.Application) -> None:
                 400, "APPE-internal-task-run-state-error", "unknown state in transition request"
             ),
             BadQuery: lambda e: ApiError(400, "APPE-internal-request-validation-error", str(e)),
+            NotMatching: lambda e: ApiError(
+                400,
+                "APPE-internal-not-matching",
+                "collections don't have the same size",
+                {"type": "parameter", "parameterName": str(e)},
+            ),
         },
     )
 

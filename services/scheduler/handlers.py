@@ -38,6 +38,11 @@ class BadStateRequest(Exception):
     """The state-action body is not ``{"desired": "<STATE>"}`` (upstream: 400)."""
 
 
+class NotMatching(Exception):
+    """Input arrays declared ``matching`` have different sizes (upstream: 400 at RUNNING); the
+    argument is the first parameter's name."""
+
+
 class BadQuery(Exception):
     pass
 
@@ -131,8 +136,31 @@ class Scheduler:
         # under the run's lock: a provision in progress ends (and is counted) before the run moves on
         async with self.runlog.exclusive(run_id) as conn:
             state = await self.get(run_id, conn=conn)
+            if isinstance(command, RequestRun) and state.status is RunStatus.PROVISIONED:
+                await self._check_matching_inputs(state)
             state, _ = await self.runlog.execute(run_id, command, state=state, conn=conn)
         return state
+
+    async def _check_matching_inputs(self, state: RunState) -> None:
+        """Upstream's before-execution check: input arrays that must match have the same size
+        (inputs not provisioned are not compared)."""
+        descriptor = (await self.task_of(state)).descriptor
+        if descriptor is None:
+            return
+        for first, second in descriptor.matching_pairs():
+            if not (first.startswith("inputs/") and second.startswith("inputs/")):
+                continue
+            sizes = [await self._input_array_size(state.run_id, ref.removeprefix("inputs/")) for ref in (first, second)]
+            if None not in sizes and sizes[0] != sizes[1]:
+                raise NotMatching(first.removeprefix("inputs/"))
+
+    async def _input_array_size(self, run_id: uuid.UUID, name: str) -> int | None:
+        key = f"{layout.run_input(run_id, name)}/{layout.ARRAY_METADATA}"
+        try:
+            metadata = b"".join([c async for c in self.blobs.get(key, length=1024)])
+        except BlobNotFound:
+            return None
+        return layout.array_size(metadata)
 
     async def cancel(self, run_id: uuid.UUID) -> RunState:
         state = await self.get(run_id)

@@ -78,7 +78,12 @@ class Collection:
                 return await self.reject(ctx, str(err), exit_code)
             if skipped:
                 log.info("outputs.skipped_entries", run_id=str(ctx.run_id), entries=skipped[:20])
-            collected, errors = await asyncio.to_thread(validate_outputs, ctx.descriptor.outputs, folder)
+            pairs = ctx.descriptor.matching_pairs()
+            inputs = {ref.removeprefix("inputs/") for pair in pairs for ref in pair if ref.startswith("inputs/")}
+            input_sizes = {name: await self.s.array_size(self.s.inputs_key(ctx, name)) for name in inputs}
+            collected, errors = await asyncio.to_thread(
+                validate_outputs, ctx.descriptor.outputs, folder, pairs, input_sizes
+            )
             records = await self._store(ctx, collected)
         finally:
             await asyncio.to_thread(shutil.rmtree, folder, True)

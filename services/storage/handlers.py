@@ -176,11 +176,9 @@ class Storage:
     async def array_size(self, key: str) -> int | None:
         """The ``size`` in ``key/array.yml``, or None without one."""
         try:
-            text = (await self.read_small(f"{key}/array.yml")).decode("utf-8", "replace")
+            return layout.array_size(await self.read_small(f"{key}/{layout.ARRAY_METADATA}"))
         except BlobNotFound:
             return None
-        match = re.fullmatch(r"\s*size\s*:\s*([0-9]{1,9})\s*", text)
-        return int(match.group(1)) if match else None
 
     @staticmethod
     def inputs_key(ctx: RunContext, *parts: str) -> str:

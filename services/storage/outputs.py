@@ -11,7 +11,8 @@ Each declared output is checked on its own, so one report lists every fault:
   nothing else inside (``APPE-internal-extra-output-files``), sizes within ``min_size``/``max_size``;
 * images: a file (signature, dimensions, size as for inputs) or a directory of DICOM files
   (WSI-DICOM); files: one regular file;
-* ``matching`` outputs must have the same size (``APPE-internal-not-matching``).
+* arrays declared ``matching`` (output-output and input-output) must have the same size
+  (``APPE-internal-not-matching``).
 
 Undeclared top-level entries of the output folder are ignored, as upstream's local mode does
 (its cluster mode fails the run on them instead).
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import pathlib
-import re
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -30,11 +31,12 @@ from services.storage import errors as e
 from services.storage.errors import ValueRejected
 from services.storage.files import check_file, check_image
 from services.storage.values import parse_output, wire_type
+from shared import layout
 from shared.descriptor.model import Output
 from shared.descriptor.types import ArrayType, FileType, ImageType, ParameterType
 
 MAX_TEXT: Final = 64 * 1024 * 1024
-_SIZE = re.compile(r"\s*size\s*:\s*([0-9]{1,9})\s*")
+NOT_MATCHING: Final = "collections don't have the same size"
 
 
 class Collected(msgspec.Struct, frozen=True, kw_only=True):
@@ -68,8 +70,17 @@ def _bad_metadata() -> ValueRejected:
     return ValueRejected("collection array.yml is malformed", "APPE-internal-invalid-metadata")
 
 
-def validate_outputs(outputs: tuple[Output, ...], root: pathlib.Path) -> tuple[list[Collected], list[dict[str, Any]]]:
-    """The valid outputs and the error bodies of the others."""
+def validate_outputs(
+    outputs: tuple[Output, ...],
+    root: pathlib.Path,
+    matching: Sequence[tuple[str, str]] = (),
+    input_sizes: Mapping[str, int | None] | None = None,
+) -> tuple[list[Collected], list[dict[str, Any]]]:
+    """The valid outputs and the error bodies of the others.
+
+    ``matching``: pairs of ``inputs/<name>``/``outputs/<name>`` arrays that must have the same
+    size (:meth:`Descriptor.matching_pairs`); ``input_sizes`` the provisioned input arrays' sizes.
+    """
     collected: list[Collected] = []
     errors: list[dict[str, Any]] = []
     for output in outputs:
@@ -97,16 +108,17 @@ def validate_outputs(outputs: tuple[Output, ...], root: pathlib.Path) -> tuple[l
                 array_size=len(value) if isinstance(output.type, ArrayType) else None,
             )
         )
-    sizes = {c.parameter: c.array_size for c in collected}
-    for output in outputs:
-        for reference in output.matching:
-            kind, _, other = reference.partition("/")
-            if kind == "outputs" and other in sizes and output.name in sizes and sizes[other] != sizes[output.name]:
-                errors.append(
-                    ValueRejected("collections don't have the same size", "APPE-internal-not-matching").body(
-                        output.name
-                    )
-                )
+    sizes: dict[str, int | None] = {f"outputs/{c.parameter}": c.array_size for c in collected}
+    sizes.update((f"inputs/{name}", size) for name, size in (input_sizes or {}).items())
+    for first, second in matching:
+        if not (first.startswith("outputs/") or second.startswith("outputs/")):
+            continue  # two inputs: checked when the run was requested
+        a, b = sizes.get(first), sizes.get(second)
+        if a is not None and b is not None and a != b:
+            name = (first if first.startswith("outputs/") else second).removeprefix("outputs/")
+            errors.append(
+                ValueRejected("collections don't have the same size", "APPE-internal-not-matching").body(name)
+            )
     return collected, errors
 
 
@@ -154,15 +166,14 @@ def _is_dicom(path: pathlib.Path) -> bool:
 def _array(atype: ArrayType, path: pathlib.Path, rel: str, files: list[tuple[str, pathlib.Path]]) -> Any:
     if not path.is_dir():
         raise _no_metadata()
-    metadata = path / "array.yml"
+    metadata = path / layout.ARRAY_METADATA
     if not metadata.is_file() or metadata.is_symlink():
         raise _no_metadata()
     if metadata.stat().st_size > 1024:
         raise _bad_metadata()
-    match = _SIZE.fullmatch(metadata.read_text("utf-8", errors="replace"))
-    if match is None:
+    size = layout.array_size(metadata.read_bytes())
+    if size is None:
         raise _bad_metadata()
-    size = int(match.group(1))
     if (atype.min_size is not None and size < atype.min_size) or (atype.max_size is not None and size > atype.max_size):
         raise e.dimensions()
     expected = {"array.yml", *map(str, range(size))} if size <= 1_000_000 else None

@@ -176,6 +176,19 @@ class Descriptor(msgspec.Struct, frozen=True, kw_only=True):
     def output(self, name: str) -> Output | None:
         return next((o for o in self.outputs if o.name == name), None)
 
+    def matching_pairs(self) -> list[tuple[str, str]]:
+        """The pairs of array parameters that must have the same size (``dependencies.matching``),
+        as ``inputs/<name>``/``outputs/<name>`` references, each pair once whichever side (or both)
+        declared it: matching is symmetric."""
+        pairs: dict[tuple[str, str], None] = {}
+        for kind, params in (("inputs", self.inputs), ("outputs", self.outputs)):
+            for param in params:
+                me = f"{kind}/{param.name}"
+                for other in param.matching:
+                    first, second = sorted((me, other))
+                    pairs[first, second] = None
+        return list(pairs)
+
 
 def image_name(descriptor: Descriptor) -> str:
     """The task image's reference: ``namespace`` with ``.`` → ``/``, tagged with the version.
