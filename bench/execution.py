@@ -73,6 +73,7 @@ from nats.aio.msg import Msg
 from services.executor.runtime import LABEL_EXECUTOR, LABEL_RUN, ContainerSpec
 
 sys.path.insert(0, str(ROOT))
+from tests.descriptors import add_descriptor
 from tests.images import build_image, make_bundle, save_image
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -101,41 +102,6 @@ STALL_SECONDS = 10.0
 ADD_SCRIPT = "echo $(( $(cat /inputs/a) + $(cat /inputs/b) )) > /outputs/sum"
 # the trap is set before "ready" is printed: once the line is seen, SIGTERM ends the task at once
 SLEEP_SCRIPT = "trap 'echo TERM; exit 143' TERM; echo ready; sleep 300 & wait"
-
-DESCRIPTOR = """name: Bench {short}
-name_short: bench_{short}
-version: 1.0.0
-namespace: com.cytomine.bench.{short}
-$schema: https://cytomine.com/schema-store/tasks/task.v0.json
-authors:
-  - first_name: Ada
-    last_name: Lovelace
-    organization: Analytical Engines
-    email: ada@example.com
-    is_contact: true
-configuration:
-  input_folder: /inputs
-  output_folder: /outputs
-  image:
-    file: /image.tar
-  resources:
-    ram: 64Mi
-    cpus: 1
-inputs:
-  a:
-    display_name: A
-    type: integer
-    description: first
-  b:
-    display_name: B
-    type: integer
-    description: second
-outputs:
-  sum:
-    display_name: Sum
-    type: integer
-    description: a + b
-"""
 
 T = TypeVar("T")
 
@@ -539,7 +505,9 @@ class Bench:
     # --- setup ---
 
     async def register(self, short: str, image_tar: Path, workdir: Path) -> None:
-        bundle = make_bundle(workdir / f"{short}.zip", DESCRIPTOR.format(short=short).encode(), image_tar)
+        bundle = make_bundle(
+            workdir / f"{short}.zip", add_descriptor(f"com.cytomine.bench.{short}", f"bench_{short}"), image_tar
+        )
         form = aiohttp.FormData()
         form.add_field("task", bundle.read_bytes(), filename=bundle.name, content_type="application/zip")
         async with self.session.post(f"{self.stack.url('registry')}{P}/tasks", data=form) as resp:

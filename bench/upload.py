@@ -42,38 +42,19 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._machine import code_lines, host_lines, print_lines  # noqa: E402
+from tests.descriptors import descriptor, params  # noqa: E402
 
 DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 NATS_URL = os.environ.get("BENCH_NATS_URL", "nats://127.0.0.1:4222")
 MIB = 1024 * 1024
 
-DESCRIPTOR = b"""name: Upload benchmark
-name_short: upload_bench
-version: 1.0.0
-namespace: com.cytomine.bench.upload
-$schema: https://cytomine.com/schema-store/tasks/task.v0.json
-authors:
-  - first_name: Ada
-    last_name: Lovelace
-    organization: Analytical Engines
-    email: ada@example.com
-    is_contact: true
-configuration:
-  input_folder: /inputs
-  output_folder: /outputs
-  image:
-    file: /image.tar
-inputs:
-  a:
-    display_name: A
-    type: integer
-    description: an input
-outputs:
-  b:
-    display_name: B
-    type: integer
-    description: an output
-"""
+DESCRIPTOR = descriptor(
+    "com.cytomine.bench.upload",
+    "upload_bench",
+    name="Upload benchmark",
+    inputs=params([("a", "integer")]),
+    outputs=params([("b", "integer")]),
+)
 
 
 def write_layer(path: pathlib.Path, size: int) -> str:

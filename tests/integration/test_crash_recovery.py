@@ -33,6 +33,7 @@ import pytest
 
 from services.executor.runtime import LABEL_EXECUTOR, LABEL_RUN
 from shared.contracts import Subjects
+from tests.descriptors import add_descriptor
 from tests.images import build_image, make_bundle, require_docker, save_image
 from tests.integration.conftest import P, delete_streams, service_env
 from tests.processes import Processes
@@ -42,40 +43,6 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 TERMINAL = ("FINISHED", "FAILED")
 SUM = "echo $(( $(cat /inputs/a) + $(cat /inputs/b) )) > /outputs/sum"
-
-DESCRIPTOR = """name: Slow addition {seconds}s
-name_short: slow_add_{seconds}
-version: 1.0.0
-namespace: com.cytomine.crash.slow{seconds}
-$schema: https://cytomine.com/schema-store/tasks/task.v0.json
-authors:
-  - first_name: Ada
-    last_name: Lovelace
-    organization: Analytical Engines
-    email: ada@example.com
-    is_contact: true
-configuration:
-  input_folder: /inputs
-  output_folder: /outputs
-  image:
-    file: /image.tar
-  resources:
-    ram: 64Mi
-inputs:
-  a:
-    display_name: A
-    type: integer
-    description: first
-  b:
-    display_name: B
-    type: integer
-    description: second
-outputs:
-  sum:
-    display_name: Sum
-    type: integer
-    description: a + b
-"""
 
 
 @pytest.fixture(scope="session")
@@ -129,7 +96,7 @@ class Stack:
         return self.processes[name].url + P
 
     async def register(self, tmp_path: pathlib.Path, image: pathlib.Path, seconds: int) -> str:
-        descriptor = DESCRIPTOR.format(seconds=seconds).encode()
+        descriptor = add_descriptor(f"com.cytomine.crash.slow{seconds}", f"slow_add_{seconds}")
         bundle = make_bundle(tmp_path / f"slow{seconds}.zip", descriptor, image)
         form = aiohttp.FormData()
         form.add_field("task", bundle.read_bytes(), filename=bundle.name, content_type="application/zip")

@@ -24,47 +24,12 @@ from services.storage.app import build_app as build_storage
 from services.storage.settings import StorageSettings
 from shared.contracts import Subjects
 from shared.settings import load_settings
+from tests.descriptors import add_descriptor
 from tests.images import build_image, make_bundle, require_docker, save_image
 from tests.integration.conftest import Client, P, service_env, upload
 from tests.support import eventually
 
 pytestmark = pytest.mark.docker
-
-ADD_DESCRIPTOR = """name: Add {name}
-name_short: add_{short}
-version: 1.0.0
-namespace: com.cytomine.e2e.{short}
-$schema: https://cytomine.com/schema-store/tasks/task.v0.json
-authors:
-  - first_name: Ada
-    last_name: Lovelace
-    organization: Analytical Engines
-    email: ada@example.com
-    is_contact: true
-configuration:
-  input_folder: /inputs
-  output_folder: /outputs
-  image:
-    file: /image.tar
-  resources:
-    ram: 64Mi
-    cpus: 1
-{extra}
-inputs:
-  a:
-    display_name: A
-    type: integer
-    description: first
-  b:
-    display_name: B
-    type: integer
-    description: second
-outputs:
-  sum:
-    display_name: Sum
-    type: integer
-    description: a + b
-"""
 
 
 @pytest.fixture(scope="session")
@@ -114,7 +79,7 @@ async def stack(
 async def register(
     stack: dict[str, Client], tmp_path: pathlib.Path, image: pathlib.Path, short: str, extra: str = ""
 ) -> str:
-    descriptor = ADD_DESCRIPTOR.format(name=short, short=short, extra=extra).encode()
+    descriptor = add_descriptor(f"com.cytomine.e2e.{short}", f"add_{short}", extra)
     status, body = await upload(stack["registry"], make_bundle(tmp_path / f"{short}.zip", descriptor, image))
     assert status == 200, body
     return f"{P}/tasks/com.cytomine.e2e.{short}/1.0.0"

@@ -48,6 +48,8 @@ from shared.domain.task_events import TaskParameter, TaskRegistered, TaskResourc
 from shared.runlog.runs import RunLog
 from shared.runlog.store import EventStore, NewEvent
 from shared.settings import load_settings
+from tests.descriptors import descriptor as make_descriptor
+from tests.descriptors import params
 from tests.images import build_image, require_docker, save_image
 from tests.support import eventually
 
@@ -58,32 +60,6 @@ Client = TestClient[web.Request, web.Application]
 ADD_CMD = "echo $(( $(cat /inputs/a) + $(cat /inputs/b) )) > /outputs/sum"
 # the generic task: runs the shell script given as its `script` input, writes `out`
 SCRIPT_CMD = "sh /inputs/script"
-
-DESCRIPTOR = """name: {name}
-name_short: {short}
-version: 1.0.0
-namespace: org.test.{short}
-$schema: https://cytomine.com/schema-store/tasks/task.v0.json
-authors:
-  - first_name: Test
-    last_name: Er
-    organization: Cytomine
-    email: test@example.com
-    is_contact: true
-configuration:
-  input_folder: /inputs
-  output_folder: /outputs
-  image:
-    file: /image.tar
-inputs:
-{inputs}
-outputs:
-{outputs}
-"""
-
-
-def _params(names: tuple[str, ...], kind: str) -> str:
-    return "".join(f"  {n}:\n    display_name: {n}\n    description: {n}\n    type: {kind}\n" for n in names)
 
 
 @dataclass(frozen=True)
@@ -204,11 +180,14 @@ class Harness:
         """Register a task as the registry would: image and descriptor blobs, ``task.registered``."""
         task_id = uuid.uuid4()
         short = f"t{task_id.hex[:8]}"
-        descriptor = DESCRIPTOR.format(
-            name=short, short=short, inputs=_params(inputs, "string"), outputs=_params(outputs, "string")
+        descriptor = make_descriptor(
+            f"org.test.{short}",
+            short,
+            inputs=params((n, "string") for n in inputs),
+            outputs=params((n, "string") for n in outputs),
         )
         await self.blobs.put_file(layout.task_image(task_id), image.tar)
-        await self.blobs.put_stream(layout.task_descriptor(task_id), _chunks(descriptor.encode()))
+        await self.blobs.put_stream(layout.task_descriptor(task_id), _chunks(descriptor))
         now = dt.datetime.now(dt.UTC)
         event = TaskRegistered(
             task_id=task_id,

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from aiohttp import FormData
 
+from tests.descriptors import descriptor, params, resources
 from tests.images import build_image, make_bundle, require_docker, save_image, tiny_png
 from tests.integration.conftest import Client, P, upload
 from tests.integration.test_end_to_end import no_container_left, stack, wait_for_state  # noqa: F401  (fixture)
@@ -43,34 +44,16 @@ KINDS: dict[str, str] = {
 COPY = 'for p in /inputs/i_*; do k=${p#/inputs/i_}; cp -r "$p" "/outputs/o_$k"; done; echo copied $(ls /outputs)'
 
 
-def descriptor() -> bytes:
-    def params(prefix: str) -> str:
-        return "".join(
-            f"  {prefix}_{kind}:\n    display_name: {kind}\n    description: {kind}\n    type: {ptype}\n"
-            for kind, ptype in KINDS.items()
-        )
-
-    head = """name: Echo every type
-name_short: echo
-version: 1.0.0
-namespace: com.cytomine.e2e.echo
-$schema: https://cytomine.com/schema-store/tasks/task.v0.json
-authors:
-  - first_name: Ada
-    last_name: Lovelace
-    organization: Analytical Engines
-    email: ada@example.com
-    is_contact: true
-configuration:
-  input_folder: /inputs
-  output_folder: /outputs
-  image:
-    file: /image.tar
-  resources:
-    ram: 64Mi
-    cpus: 1
-"""
-    return (head + "inputs:\n" + params("i") + "outputs:\n" + params("o")).encode()
+def echo_descriptor() -> bytes:
+    types = list(KINDS.items())
+    return descriptor(
+        "com.cytomine.e2e.echo",
+        "echo",
+        inputs=params((f"i_{kind}", t) for kind, t in types),
+        outputs=params((f"o_{kind}", t) for kind, t in types),
+        configuration=resources(),
+        name="Echo every type",
+    )
 
 
 def dicom(tag: bytes) -> bytes:
@@ -141,7 +124,7 @@ async def test_every_type_comes_back_exactly_as_provisioned(
     echo_image: pathlib.Path,
     tmp_path: pathlib.Path,
 ) -> None:
-    status, body = await upload(stack["registry"], make_bundle(tmp_path / "echo.zip", descriptor(), echo_image))
+    status, body = await upload(stack["registry"], make_bundle(tmp_path / "echo.zip", echo_descriptor(), echo_image))
     assert status == 200, body
     resp = await stack["scheduler"].post(f"{P}/tasks/com.cytomine.e2e.echo/1.0.0/runs")
     assert resp.status == 200, await resp.text()
