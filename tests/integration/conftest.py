@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 
 import nats
 import pytest
@@ -16,8 +17,10 @@ from services.registry.settings import RegistrySettings
 from services.scheduler.app import build_app as build_scheduler
 from services.scheduler.settings import SchedulerSettings
 from shared.contracts import Subjects
+from shared.s3blobstore import S3Config
 from shared.settings import load_settings
 from tests.images import build_image, require_docker, save_image
+from tests.s3server import moto_server
 
 P = "/app-engine/v1"
 Client = TestClient[web.Request, web.Application]
@@ -127,3 +130,23 @@ async def upload(client: Client, bundle: pathlib.Path) -> tuple[int, object]:
     form.add_field("task", bundle.read_bytes(), filename=bundle.name, content_type="application/zip")
     resp = await client.post(f"{P}/tasks", data=form)
     return resp.status, await resp.json()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One moto S3 server for the session, started only if a test asks for S3."""
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as url:
+        yield url
+
+
+@pytest.fixture
+def s3_config(request: pytest.FixtureRequest) -> S3Config:
+    """A fresh bucket for this test (created by the store fixture), keys under a prefix."""
+    return S3Config(
+        endpoint_url=request.getfixturevalue("s3_endpoint"),
+        bucket=f"t-{uuid.uuid4().hex[:16]}",
+        prefix="app-engine/blobs",
+        region="us-east-1",
+        access_key_id="testing",
+        secret_access_key="testing",
+    )

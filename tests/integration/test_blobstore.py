@@ -8,7 +8,7 @@ import pathlib
 import random
 import tracemalloc
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
@@ -17,28 +17,7 @@ from aiobotocore.session import get_session
 
 from shared.blobstore import BlobNotFound, BlobStore, InvalidKey, LocalBlobStore
 from shared.s3blobstore import S3BlobStore, S3Config, S3Error, S3Unavailable
-from tests.s3server import moto_server
 from tests.support import free_port
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One moto S3 server for the session, started only if a test asks for S3."""
-    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as url:
-        yield url
-
-
-@pytest.fixture
-def s3_config(request: pytest.FixtureRequest) -> S3Config:
-    """A fresh bucket for this test (created by the store fixture), keys under a prefix."""
-    return S3Config(
-        endpoint_url=request.getfixturevalue("s3_endpoint"),
-        bucket=f"t-{uuid.uuid4().hex[:16]}",
-        prefix="app-engine/blobs",
-        region="us-east-1",
-        access_key_id="testing",
-        secret_access_key="testing",
-    )
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -6,6 +6,7 @@ Imported by the other ``test_storage_*`` modules (it holds no tests itself).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import pathlib
 import tarfile
@@ -82,14 +83,24 @@ async def env_fixture(
 ) -> AsyncIterator[Env]:
     """The storage service beside the registry, with the types task uploaded."""
     bundle = make_bundle(tmp_path / "types.zip", DESCRIPTOR, busybox_tar)
+    data = tmp_path / "data"
+    values = service_env(schema, subjects, database_url, nats_url, data)
+    async with storage_with_task(registry, bundle, values) as (client, task_id):
+        yield Env(storage=client, runlog=runlog, task_id=task_id, blobs=data / "blobs")
+
+
+@contextlib.asynccontextmanager
+async def storage_with_task(
+    registry: Client, bundle: pathlib.Path, values: dict[str, str]
+) -> AsyncIterator[tuple[Client, uuid.UUID]]:
+    """``bundle`` uploaded to ``registry``, and the storage service with settings ``values``
+    (no relay: the registry's is enough; outputs up to 1 MiB): the client and the task's id."""
     status, body = await upload(registry, bundle)
     assert status == 200, body
     assert isinstance(body, dict)
-    data = tmp_path / "data"
-    values = service_env(schema, subjects, database_url, nats_url, data) | {"RELAY_ENABLED": "false"}
-    app = build_app(load_settings(StorageSettings, values | {"MAX_OUTPUT_SIZE": str(1024 * 1024)}))
-    async with TestClient(TestServer(app)) as client:
-        yield Env(storage=client, runlog=runlog, task_id=uuid.UUID(body["id"]), blobs=data / "blobs")
+    values = values | {"RELAY_ENABLED": "false", "MAX_OUTPUT_SIZE": str(1024 * 1024)}
+    async with TestClient(TestServer(build_app(load_settings(StorageSettings, values)))) as client:
+        yield client, uuid.UUID(body["id"])
 
 
 def output_tar(entries: dict[str, bytes | None], top: str = "outputs") -> bytes:

@@ -15,19 +15,15 @@ from typing import Any
 
 import pytest
 from aiohttp import FormData
-from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image, PngImagePlugin
 
-from services.storage.app import build_app
-from services.storage.settings import StorageSettings
 from shared.contracts import Subjects
 from shared.domain.decide import CreateRun, MarkQueued, RequestRun, StartRun, TakeRun
 from shared.domain.events import RunStatus
 from shared.runlog.runs import RunLog
-from shared.settings import load_settings
 from tests.images import make_bundle
-from tests.integration.conftest import Client, P, service_env, upload
-from tests.integration.test_storage_fixtures import output_tar
+from tests.integration.conftest import Client, P, service_env
+from tests.integration.test_storage_fixtures import output_tar, storage_with_task
 
 DESCRIPTOR = (pathlib.Path(__file__).parents[1] / "fixtures" / "storage" / "images.yml").read_bytes()
 INPUTS = ("png", "jpeg", "tiff", "dicom", "wsi", "any", "capped", "doc", "raw")
@@ -259,14 +255,10 @@ async def images_fixture(
 ) -> AsyncIterator[Images]:
     """The storage service beside the registry, with the image types task uploaded."""
     bundle = make_bundle(tmp_path / "images.zip", DESCRIPTOR, busybox_tar)
-    status, body = await upload(registry, bundle)
-    assert status == 200, body
-    assert isinstance(body, dict)
     data = tmp_path / "data"
-    values = service_env(schema, subjects, database_url, nats_url, data) | {"RELAY_ENABLED": "false"}
-    app = build_app(load_settings(StorageSettings, values))
-    async with TestClient(TestServer(app)) as client:
-        yield Images(storage=client, runlog=runlog, task_id=uuid.UUID(body["id"]), data=data)
+    values = service_env(schema, subjects, database_url, nats_url, data)
+    async with storage_with_task(registry, bundle, values) as (client, task_id):
+        yield Images(storage=client, runlog=runlog, task_id=task_id, data=data)
 
 
 def rejected(name: str, message: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import pathlib
 import tarfile
 import uuid
 import zipfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,19 +21,16 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from services.registry.app import build_app as build_registry
 from services.registry.settings import RegistrySettings
-from services.storage.app import build_app as build_storage
-from services.storage.settings import StorageSettings
 from shared.blobstore import BlobStore, LocalBlobStore
 from shared.contracts import Subjects
 from shared.domain.events import RunStatus
 from shared.runlog.runs import RunLog
-from shared.s3blobstore import S3BlobStore, S3Config
+from shared.s3blobstore import S3BlobStore
 from shared.settings import load_settings
 from tests.images import make_bundle
-from tests.integration.conftest import delete_streams, service_env, upload
-from tests.integration.test_storage_fixtures import DESCRIPTOR, Env, output_tar
+from tests.integration.conftest import delete_streams, service_env
+from tests.integration.test_storage_fixtures import DESCRIPTOR, Env, output_tar, storage_with_task
 from tests.integration.test_storage_images import LEVEL0, LEVEL1, png, zipped
-from tests.s3server import moto_server
 
 POINT = '{"type":"Point","coordinates":[1.0,2.0]}'
 LOCATION = b'{"type":"Point","coordinates":[1,2]}'
@@ -47,13 +44,6 @@ OUTPUTS: dict[str, bytes | None] = {
     "out_arr/1": b"-3\n",
     "out_geo": POINT.encode(),
 }
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One moto S3 server for the session, started only if a test asks for S3."""
-    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as url:
-        yield url
 
 
 @dataclass
@@ -99,14 +89,7 @@ async def stack_fixture(
     values = service_env(schema, subjects, database_url, nats_url, data)
     config = None
     if request.param == "s3":
-        config = S3Config(
-            endpoint_url=request.getfixturevalue("s3_endpoint"),
-            bucket=f"t-{uuid.uuid4().hex[:16]}",
-            prefix="app-engine/blobs",
-            region="us-east-1",
-            access_key_id="testing",
-            secret_access_key="testing",
-        )
+        config = request.getfixturevalue("s3_config")
         values |= {
             "BLOB_BACKEND": "s3",
             "S3_ENDPOINT_URL": config.endpoint_url or "",
@@ -120,17 +103,14 @@ async def stack_fixture(
         registry = await resources.enter_async_context(
             TestClient(TestServer(build_registry(load_settings(RegistrySettings, values))))
         )
-        status, body = await upload(registry, make_bundle(tmp_path / "types.zip", DESCRIPTOR, busybox_tar))
-        assert status == 200, body
-        assert isinstance(body, dict)
-        settings = load_settings(StorageSettings, values | {"RELAY_ENABLED": "false", "MAX_OUTPUT_SIZE": str(2**20)})
-        storage = await resources.enter_async_context(TestClient(TestServer(build_storage(settings))))
+        bundle = make_bundle(tmp_path / "types.zip", DESCRIPTOR, busybox_tar)
+        storage, task_id = await resources.enter_async_context(storage_with_task(registry, bundle, values))
         blobs: BlobStore
         if config is None:
             blobs = LocalBlobStore(data / "blobs")
         else:
             blobs = await resources.enter_async_context(S3BlobStore.open(config))
-        env = Env(storage=storage, runlog=runlog, task_id=uuid.UUID(body["id"]), blobs=data / "blobs")
+        env = Env(storage=storage, runlog=runlog, task_id=task_id, blobs=data / "blobs")
         yield Stack(env=env, blobs=blobs, data=data, backend=request.param)
     await delete_streams(nats_url, subjects)
 
