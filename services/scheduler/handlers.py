@@ -18,6 +18,7 @@ from services.scheduler.settings import SchedulerSettings
 from services.scheduler.views import local_time
 from shared import layout
 from shared.blobstore import BlobNotFound, BlobStore
+from shared.descriptor.model import Descriptor
 from shared.domain.decide import CancelRun, CreateRun, DeleteRun, MarkProvisioned, RequestRun
 from shared.domain.errors import InvalidRunState, RunNotFound, UnknownDesiredState
 from shared.domain.events import RunStatus
@@ -126,27 +127,25 @@ class Scheduler:
         desired = body.get("desired") if isinstance(body, dict) else None
         if not isinstance(desired, str) or desired not in RunStatus.__members__:
             raise BadStateRequest()
+        state = await self.get(run_id)
         if desired == RunStatus.FINISHED:
-            await self.get(run_id)
             raise InvalidRunState("a run finishes only when its execution ends")
         if desired not in (RunStatus.PROVISIONED, RunStatus.RUNNING):
-            await self.get(run_id)
             raise UnknownDesiredState()
         command = MarkProvisioned() if desired == RunStatus.PROVISIONED else RequestRun()
+        # looked up before taking the lock: a lock holder must not need a second pool connection
+        descriptor = (await self.task_of(state)).descriptor if isinstance(command, RequestRun) else None
         # under the run's lock: a provision in progress ends (and is counted) before the run moves on
         async with self.runlog.exclusive(run_id) as conn:
             state = await self.get(run_id, conn=conn)
-            if isinstance(command, RequestRun) and state.status is RunStatus.PROVISIONED:
-                await self._check_matching_inputs(state)
+            if descriptor is not None and state.status is RunStatus.PROVISIONED:
+                await self._check_matching_inputs(state, descriptor)
             state, _ = await self.runlog.execute(run_id, command, state=state, conn=conn)
         return state
 
-    async def _check_matching_inputs(self, state: RunState) -> None:
+    async def _check_matching_inputs(self, state: RunState, descriptor: Descriptor) -> None:
         """Upstream's before-execution check: input arrays that must match have the same size
-        (inputs not provisioned are not compared)."""
-        descriptor = (await self.task_of(state)).descriptor
-        if descriptor is None:
-            return
+        (inputs not provisioned are not compared). Reads blobs only: called under the run lock."""
         for first, second in descriptor.matching_pairs():
             if not (first.startswith("inputs/") and second.startswith("inputs/")):
                 continue

@@ -14,6 +14,7 @@ import os
 import uuid
 
 import msgspec
+import pytest
 from aiohttp import FormData
 
 from services.storage.handlers import checksum
@@ -93,3 +94,19 @@ async def test_many_provisions_at_once_neither_deadlock_nor_interleave(env: Env)
         state = await env.state(run_id)
         # created, two values per batch, and PROVISIONED once: no batch lost or applied twice
         assert state.version == 1 + 2 * len(values) + 1
+
+
+@pytest.fixture
+def scheduler_env() -> dict[str, str]:
+    """A scheduler with a pool of two connections: far fewer than the requests below."""
+    return {"WATCHDOG_INTERVAL": "0.2", "DATABASE_POOL_SIZE": "2"}
+
+
+async def test_more_run_requests_at_once_than_pool_connections(env: Env, scheduler: Client) -> None:
+    runs = [await env.new_run() for _ in range(12)]
+    for run_id in runs:
+        resp = await env.storage.put(env.url(run_id, "input-provisions/ig"), json={"parameterName": "ig", "value": 1})
+        assert resp.status == 200
+    async with asyncio.timeout(60):
+        statuses = await asyncio.gather(*(request_run(scheduler, run_id, delay=0) for run_id in runs))
+    assert statuses == [200] * len(runs)
