@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import pathlib
 import re
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Final, TypeVar
 
 import msgspec
@@ -150,13 +151,20 @@ class Storage:
 
     # --- blobs ----------------------------------------------------------------------------------
 
-    async def replace(self, key: str, files: Sequence[tuple[str, bytes]]) -> tuple[int, str]:
-        """Store ``files`` (paths relative to ``key``) in place of whatever ``key`` held."""
+    async def replace(
+        self, key: str, files: Sequence[tuple[str, bytes]], local: Mapping[str, pathlib.Path] | None = None
+    ) -> tuple[int, str]:
+        """Store ``files`` (bytes) and ``local`` (files on disk), paths relative to ``key``, in
+        place of whatever ``key`` held: their total size and the value's checksum."""
         await self.clear(key)
         digests = []
         size = 0
         for path, data in files:
             info = await self.blobs.put_stream(f"{key}/{path}" if path else key, _once(data))
+            digests.append((path, info.sha256))
+            size += info.size
+        for path, source in (local or {}).items():
+            info = await self.blobs.put_file(f"{key}/{path}" if path else key, source)
             digests.append((path, info.sha256))
             size += info.size
         return size, checksum(digests)

@@ -164,10 +164,7 @@ class Provisioning:
     ) -> None:
         item_parts = [param.name, *map(str, indexes)]
         key = self.s.inputs_key(ctx, *item_parts)
-        size, digest = await self.s.replace(key, files)
-        for path, source in (local or {}).items():
-            info = await self.s.blobs.put_file(f"{key}/{path}" if path else key, source)
-            size += info.size
+        size, digest = await self.s.replace(key, files, local)
         # every level above the item knows its size: at least up to this index
         for depth, index in enumerate(indexes):
             level = self.s.inputs_key(ctx, *item_parts[: depth + 1])

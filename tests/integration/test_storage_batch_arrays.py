@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import uuid
 import zipfile
 from typing import Any
 
+import msgspec
 from aiohttp import FormData
 
 from shared.domain.events import InputKind, InputProvisioned, RunStatus
@@ -197,6 +199,18 @@ async def test_binary_file_and_image_provisioning(env: Env) -> None:
     assert (resp.status, await resp.json()) == (200, {"index": "images/0", "taskRunId": str(run_id)})
     assert env.blob(run_id, "inputs", "images", "array.yml").read_bytes() == b"size: 1"
     assert env.blob(run_id, "inputs", "images", "0").read_bytes() == png(3, 3)
+    # every provision's event vouches for the bytes it stored
+    checksums = {
+        (e["parameter"], e.get("index")): e["checksum"]
+        for e in (msgspec.json.decode(stored.data) for stored in await env.runlog.store.read(run_id))
+        if e["type"] == "input_provisioned"
+    }
+    for (name, index), data in {
+        ("doc", None): b"\x00\x01raw",
+        ("img", None): tiny_png(),
+        ("images", "0"): png(3, 3),
+    }.items():
+        assert checksums[name, index] == f"sha256:{hashlib.sha256(data).hexdigest()}", (name, index)
 
     resp = await env.storage.post(env.url(run_id, "input-provisions/ig"), data=form(b"1"))
     assert (resp.status, await resp.json()) == (400, param_error("ig", "invalid parameter type"))
