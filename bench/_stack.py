@@ -86,6 +86,7 @@ class Stack:
     executor_slots: int = 4
     stop_grace_seconds: float = 2.0
     extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    names: tuple[str, ...] = SERVICES  # the services to start, in this order: a benchmark may need fewer
     token: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
     services: dict[str, Service] = field(default_factory=dict)
 
@@ -147,9 +148,9 @@ class Stack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         logs = self.workdir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        for name in SERVICES:
+        for name in self.names:
             self.services[name] = Service(name, free_port(), logs / f"{name}.log")
-        for name in SERVICES:
+        for name in self.names:
             await self._spawn(name)
         await self.wait_ready(within)
 
