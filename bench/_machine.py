@@ -12,6 +12,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import asyncpg
@@ -118,3 +119,16 @@ def print_lines(title: str, lines: list[tuple[str, str]]) -> None:
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         print(f"  {key:<{width}}  {value}")
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """A Markdown table (pasted as is into docs/benchmarks.md)."""
+    print("| " + " | ".join(headers) + " |")
+    print("|" + "|".join("---" if i == 0 else "---:" for i in range(len(headers))) + "|")
+    for row in rows:
+        print("| " + " | ".join(str(c) for c in row) + " |")
+    print()
+
+
+def verdict(ok: bool) -> str:
+    return "**met**" if ok else "**missed**"

@@ -66,6 +66,7 @@ import asyncpg
 import msgspec
 import nats
 import psutil  # type: ignore[import-untyped, unused-ignore]
+from _machine import table, verdict
 from _stack import ROOT, Stack, remove_containers
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -140,19 +141,6 @@ def pct(values: Sequence[float], q: float) -> float:
 
 def ms(seconds: float) -> str:
     return "n/a" if math.isnan(seconds) else f"{seconds * 1000:,.0f}"
-
-
-def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
-    """A Markdown table (pasted as is into docs/benchmarks.md)."""
-    print("| " + " | ".join(headers) + " |")
-    print("|" + "|".join("---" if i == 0 else "---:" for i in range(len(headers))) + "|")
-    for row in rows:
-        print("| " + " | ".join(str(c) for c in row) + " |")
-    print()
-
-
-def verdict(ok: bool) -> str:
-    return "**met**" if ok else "**missed**"
 
 
 def parse_time(text: str) -> float:

@@ -79,6 +79,7 @@ from typing import Any
 import _machine
 import aiohttp
 import psutil  # type: ignore[import-untyped, unused-ignore]
+from _machine import table, verdict
 from _stack import ROOT, Stack
 
 from shared.s3blobstore import S3BlobStore, S3Config
@@ -643,19 +644,6 @@ def rate(size: int, seconds: float) -> str:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else math.nan
-
-
-def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
-    """A Markdown table (pasted as is into docs/benchmarks.md)."""
-    print("| " + " | ".join(headers) + " |")
-    print("|" + "|".join("---" if i == 0 else "---:" for i in range(len(headers))) + "|")
-    for row in rows:
-        print("| " + " | ".join(str(c) for c in row) + " |")
-    print()
-
-
-def verdict(ok: bool) -> str:
-    return "**met**" if ok else "**missed**"
 
 
 def split(phase: Phase) -> str:
