@@ -73,6 +73,16 @@ def containers(label: str, value: str) -> list[str]:
     return out.stdout.split()
 
 
+async def no_container_left(runs: Iterable[str]) -> None:
+    """The executors remove a run's container after its end: wait until none of ``runs`` has one."""
+    runs = list(runs)
+
+    async def gone() -> bool:
+        return all(containers(LABEL_RUN, run) == [] for run in runs)
+
+    await eventually(gone, within=30, interval=0.5, what=f"no container left of {len(runs)} run(s)")
+
+
 def remove_containers(label: str, values: Iterable[str]) -> None:
     for value in values:
         with contextlib.suppress(subprocess.SubprocessError, OSError):
@@ -332,10 +342,7 @@ async def test_executor_killed_mid_run_its_runs_are_retried_on_the_other(
         # sees their runs are no longer its own, and removes them
         await s.processes["executor-2"].start()
 
-        async def no_container_left() -> bool:
-            return all(containers(LABEL_RUN, run) == [] for run in expected)
-
-        await eventually(no_container_left, within=30, interval=0.5, what="no container of the runs left")
+        await no_container_left(expected)
         assert set((await s.states()).values()) == {"FINISHED"}
         # the restart touched no run: it appended nothing to any history
         for run in expected:
@@ -403,10 +410,7 @@ async def test_scheduler_killed_mid_flight_every_run_finishes_once(
         # the relay moved to a surviving process when the scheduler died
         assert set(relay_activations(s)) - {"scheduler"}, relay_activations(s)
 
-        async def no_container_left() -> bool:
-            return all(containers(LABEL_RUN, run) == [] for run in expected)
-
-        await eventually(no_container_left, within=30, interval=0.5, what="no container of the runs left")
+        await no_container_left(expected)
         print(
             f"\nscheduler kill: states at the kill {at_kill}, all 10 terminal {recovered_in:.1f}s after the kill, "
             f"test {time.monotonic() - began:.1f}s"
@@ -461,10 +465,7 @@ async def test_executor_restarted_in_time_adopts_its_running_container(
         async with s.http.get(f"{s.url('scheduler')}/task-runs/{run}/logs") as resp:
             assert "sleeping 6" in await resp.text()
 
-        async def no_container_left() -> bool:
-            return containers(LABEL_RUN, run) == []
-
-        await eventually(no_container_left, within=30, interval=0.5, what="the run's container removed")
+        await no_container_left([run])
         print(f"\nexecutor restart: back in {restarted_in:.1f}s, test {time.monotonic() - began:.1f}s")
 
 

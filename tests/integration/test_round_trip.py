@@ -14,12 +14,12 @@ import zipfile
 from typing import Any
 
 import pytest
-from aiohttp import FormData
 
 from tests.descriptors import descriptor, params, resources
 from tests.images import build_image, make_bundle, require_docker, save_image, tiny_png
 from tests.integration.conftest import Client, P, upload
 from tests.integration.test_end_to_end import no_container_left, stack, wait_for_state  # noqa: F401  (fixture)
+from tests.integration.test_storage_fixtures import form
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -92,10 +92,8 @@ JSON_INPUTS: dict[str, Any] = {
 }
 
 
-async def provision_file(storage: Client, url: str, filename: str, data: bytes) -> dict[str, Any]:
-    form = FormData()
-    form.add_field("file", data, filename=filename, content_type="application/octet-stream")
-    resp = await storage.post(url, data=form)
+async def provision_file(storage: Client, url: str, data: bytes) -> dict[str, Any]:
+    resp = await storage.post(url, data=form(data))
     assert resp.status == 200, await resp.text()
     body: dict[str, Any] = await resp.json()
     return body
@@ -141,11 +139,11 @@ async def test_every_type_comes_back_exactly_as_provisioned(
             z.writestr(name, data)
     files = {"file": DOCUMENT, "img": picture("TIFF", (3, 2)), "wsi": wsi_zip.getvalue()}
     for kind, raw in files.items():
-        await provision_file(storage, f"{runs}/input-provisions/i_{kind}", f"upload-{kind}.bin", raw)
+        await provision_file(storage, f"{runs}/input-provisions/i_{kind}", raw)
     # an array of images, item by item (the JSON part gives the size, the binary parts the items)
     images = [tiny_png(), picture("PNG", (2, 5))]
-    await provision_file(storage, f"{runs}/input-provisions/i_imgs/indexes?value=0", "a.png", images[0])
-    await provision_file(storage, f"{runs}/input-provisions/i_imgs/indexes?value=1", "b.png", images[1])
+    await provision_file(storage, f"{runs}/input-provisions/i_imgs/indexes?value=0", images[0])
+    await provision_file(storage, f"{runs}/input-provisions/i_imgs/indexes?value=1", images[1])
 
     resp = await stack["scheduler"].post(f"{runs}/state-actions", json={"desired": "RUNNING"})
     assert resp.status == 200, await resp.text()

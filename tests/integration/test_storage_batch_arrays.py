@@ -9,12 +9,11 @@ import zipfile
 from typing import Any
 
 import msgspec
-from aiohttp import FormData
 
 from shared.domain.events import InputKind, InputProvisioned, RunStatus
 from shared.runlog.runs import decode_run_event
 from tests.images import tiny_png
-from tests.integration.test_storage_fixtures import Env, env_fixture  # noqa: F401  (fixture)
+from tests.integration.test_storage_fixtures import Env, env_fixture, form  # noqa: F401  (fixture)
 
 V = "APPE-internal-request-validation-error"
 DIMENSIONS = "APPE-internal-invalid-dimensions"
@@ -156,14 +155,6 @@ async def test_array_items_one_by_one(env: Env) -> None:
         400,
         param_error("arr", "invalid provision structure", "APPE-internal-invalid-structure"),
     )
-
-
-def form(data: bytes, sidecar: bytes | None = None) -> FormData:
-    f = FormData()
-    f.add_field("file", data, filename="upload.bin", content_type="application/octet-stream")
-    if sidecar is not None:
-        f.add_field("location", sidecar, filename="location.geojson", content_type="application/geo+json")
-    return f
 
 
 def png(width: int, height: int) -> bytes:

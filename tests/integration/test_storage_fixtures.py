@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+from aiohttp import FormData
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.storage.app import build_app
@@ -101,6 +102,15 @@ async def storage_with_task(
     values = values | {"RELAY_ENABLED": "false", "MAX_OUTPUT_SIZE": str(1024 * 1024)}
     async with TestClient(TestServer(build_app(load_settings(StorageSettings, values)))) as client:
         yield client, uuid.UUID(body["id"])
+
+
+def form(data: bytes, sidecar: bytes | None = None) -> FormData:
+    """A binary provision's multipart body: the file, and the optional ``.geojson`` location."""
+    f = FormData()
+    f.add_field("file", data, filename="upload.bin", content_type="application/octet-stream")
+    if sidecar is not None:
+        f.add_field("location", sidecar, filename="location.geojson", content_type="application/geo+json")
+    return f
 
 
 def output_tar(entries: dict[str, bytes | None], top: str = "outputs") -> bytes:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from aiohttp import FormData
 from PIL import Image, PngImagePlugin
 
 from shared.contracts import Subjects
@@ -23,7 +22,7 @@ from shared.domain.events import RunStatus
 from shared.runlog.runs import RunLog
 from tests.images import make_bundle
 from tests.integration.conftest import Client, P, service_env
-from tests.integration.test_storage_fixtures import output_tar, storage_with_task
+from tests.integration.test_storage_fixtures import form, output_tar, storage_with_task
 
 DESCRIPTOR = (pathlib.Path(__file__).parents[1] / "fixtures" / "storage" / "images.yml").read_bytes()
 INPUTS = ("png", "jpeg", "tiff", "dicom", "wsi", "any", "capped", "doc", "raw")
@@ -232,9 +231,7 @@ class Images:
         return [p for p in (self.data / "tmp" / "storage").rglob("*")]
 
     async def post(self, run_id: uuid.UUID, name: str, data: bytes) -> tuple[int, Any]:
-        form = FormData()
-        form.add_field("file", data, filename="upload.bin", content_type="application/octet-stream")
-        resp = await self.storage.post(self.url(run_id, f"input-provisions/{name}"), data=form)
+        resp = await self.storage.post(self.url(run_id, f"input-provisions/{name}"), data=form(data))
         return resp.status, await resp.json()
 
     async def get(self, run_id: uuid.UUID, rest: str) -> tuple[int, bytes, dict[str, str]]:

@@ -15,17 +15,14 @@ import uuid
 
 import msgspec
 import pytest
-from aiohttp import FormData
 
 from services.storage.handlers import checksum
 from tests.integration.conftest import Client, P
-from tests.integration.test_storage_fixtures import Env, env_fixture  # noqa: F401  (fixture)
+from tests.integration.test_storage_fixtures import Env, env_fixture, form  # noqa: F401  (fixture)
 
 
 async def send_file(env: Env, run_id: uuid.UUID, data: bytes) -> int:
-    form = FormData()
-    form.add_field("file", data, filename="doc.bin", content_type="application/octet-stream")
-    resp = await env.storage.post(env.url(run_id, "input-provisions/doc"), data=form)
+    resp = await env.storage.post(env.url(run_id, "input-provisions/doc"), data=form(data))
     await resp.read()
     return resp.status
 

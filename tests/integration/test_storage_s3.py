@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from aiohttp import FormData
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.registry.app import build_app as build_registry
@@ -29,7 +28,7 @@ from shared.s3blobstore import S3BlobStore
 from shared.settings import load_settings
 from tests.images import make_bundle
 from tests.integration.conftest import delete_streams, service_env
-from tests.integration.test_storage_fixtures import DESCRIPTOR, Env, output_tar, storage_with_task
+from tests.integration.test_storage_fixtures import DESCRIPTOR, Env, form, output_tar, storage_with_task
 from tests.integration.test_storage_images import LEVEL0, LEVEL1, png, zipped
 
 POINT = '{"type":"Point","coordinates":[1.0,2.0]}'
@@ -113,14 +112,6 @@ async def stack_fixture(
         env = Env(storage=storage, runlog=runlog, task_id=task_id, blobs=data / "blobs")
         yield Stack(env=env, blobs=blobs, data=data, backend=request.param)
     await delete_streams(nats_url, subjects)
-
-
-def form(data: bytes, sidecar: bytes | None = None) -> FormData:
-    f = FormData()
-    f.add_field("file", data, filename="upload.bin", content_type="application/octet-stream")
-    if sidecar is not None:
-        f.add_field("location", sidecar, filename="location.geojson", content_type="application/geo+json")
-    return f
 
 
 async def post(stack: Stack, run_id: uuid.UUID, rest: str, data: bytes, sidecar: bytes | None = None) -> None:
