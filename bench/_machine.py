@@ -6,6 +6,7 @@ never an error, so a benchmark still runs against a remote database or in a cont
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -132,3 +133,16 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
 
 def verdict(ok: bool) -> str:
     return "**met**" if ok else "**missed**"
+
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+
+
+def add_server_options(parser: argparse.ArgumentParser) -> None:
+    """``--database-url`` and ``--nats-url``: else ``BENCH_*``, else ``TEST_*``, else loopback."""
+    env = os.environ.get
+    parser.add_argument(
+        "--database-url", default=env("BENCH_DATABASE_URL", env("TEST_DATABASE_URL", DEFAULT_DATABASE_URL))
+    )
+    parser.add_argument("--nats-url", default=env("BENCH_NATS_URL", env("TEST_NATS_URL", DEFAULT_NATS_URL)))

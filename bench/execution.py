@@ -77,8 +77,6 @@ sys.path.insert(0, str(ROOT))
 from tests.descriptors import add_descriptor
 from tests.images import build_image, make_bundle, save_image
 
-DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 P = "/app-engine/v1"
 
 TARGET_OVERHEAD_RATIO = 1.3  # median end-to-end / raw Docker, at most
@@ -1243,13 +1241,7 @@ async def guarded(plan: Plan, database_url: str, nats_url: str) -> int:
 def cli() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a short run (smoke test)")
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("BENCH_DATABASE_URL", os.environ.get("TEST_DATABASE_URL", DEFAULT_DATABASE_URL)),
-    )
-    parser.add_argument(
-        "--nats-url", default=os.environ.get("BENCH_NATS_URL", os.environ.get("TEST_NATS_URL", DEFAULT_NATS_URL))
-    )
+    _machine.add_server_options(parser)
     args = parser.parse_args()
     return asyncio.run(guarded(Plan.make(args.quick), args.database_url, args.nats_url))
 

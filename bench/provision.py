@@ -88,8 +88,6 @@ sys.path.insert(0, str(ROOT))
 from tests.descriptors import descriptor, params
 from tests.s3server import moto_server
 
-DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 P = "/app-engine/v1"
 MIB = 1024 * 1024
 READ = 4 * MIB  # the client's reads from disk and from the response
@@ -837,13 +835,7 @@ def cli() -> int:
         default=60.0,
         help="before each round, wait at most this long for the machine to use under 0.5 cores (default 60 s)",
     )
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("BENCH_DATABASE_URL", os.environ.get("TEST_DATABASE_URL", DEFAULT_DATABASE_URL)),
-    )
-    parser.add_argument(
-        "--nats-url", default=os.environ.get("BENCH_NATS_URL", os.environ.get("TEST_NATS_URL", DEFAULT_NATS_URL))
-    )
+    _machine.add_server_options(parser)
     args = parser.parse_args()
     if args.size_mib < 1 or args.rounds < 1:
         parser.error("--size-mib and --rounds must be positive")

@@ -86,9 +86,6 @@ from shared.runlog.runs import RunLog
 from shared.runlog.schema import migrate
 from shared.runlog.store import EventStore, OnCommit, StoredEvent
 
-DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
-
 APP = "bench_runlog"  # application_name of the benchmark's connections (the relay's: bench_runlog_relay)
 TARGET_EVENTS_PER_S = 5000.0  # with 16 writers
 TARGET_P50_MS = 5.0
@@ -1121,13 +1118,7 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--part", choices=("all", "throughput", "latency"), default="all", help="run one part only (default: all)"
     )
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get("BENCH_DATABASE_URL", os.environ.get("TEST_DATABASE_URL", DEFAULT_DATABASE_URL)),
-    )
-    parser.add_argument(
-        "--nats-url", default=os.environ.get("BENCH_NATS_URL", os.environ.get("TEST_NATS_URL", DEFAULT_NATS_URL))
-    )
+    _machine.add_server_options(parser)
     parser.add_argument("--relay-child", nargs=3, metavar=("SCHEMA", "PREFIX", "WAKE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.relay_child:
