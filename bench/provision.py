@@ -79,6 +79,7 @@ from typing import Any
 import _machine
 import aiohttp
 import psutil  # type: ignore[import-untyped, unused-ignore]
+from _images import add_manifest_and_config
 from _machine import table, verdict
 from _stack import ROOT, Stack
 
@@ -184,29 +185,12 @@ def image_tar() -> bytes:
         info.size = 6
         layer.addfile(info, io.BytesIO(b"hello\n"))
     layer_bytes = layer_buf.getvalue()
-    layer_digest = hashlib.sha256(layer_bytes).hexdigest()
-    config = json.dumps(
-        {
-            "architecture": "amd64",
-            "os": "linux",
-            "config": {"Cmd": ["/bin/sh"]},
-            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_digest}"]},
-        }
-    ).encode()
-    config_name = f"{hashlib.sha256(config).hexdigest()}.json"
-    manifest = json.dumps(
-        [{"Config": config_name, "RepoTags": ["bench/provision:1"], "Layers": [f"{layer_digest}/layer.tar"]}]
-    ).encode()
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in (
-            ("manifest.json", manifest),
-            (config_name, config),
-            (f"{layer_digest}/layer.tar", layer_bytes),
-        ):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+        name = add_manifest_and_config(tar, hashlib.sha256(layer_bytes).hexdigest(), "bench/provision:1")
+        info = tarfile.TarInfo(name)
+        info.size = len(layer_bytes)
+        tar.addfile(info, io.BytesIO(layer_bytes))
     return buf.getvalue()
 
 

@@ -19,8 +19,6 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
-import io
-import json
 import os
 import pathlib
 import shutil
@@ -41,6 +39,7 @@ import psutil
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._images import add_manifest_and_config  # noqa: E402
 from bench._machine import code_lines, host_lines, print_lines  # noqa: E402
 from tests.descriptors import descriptor, params  # noqa: E402
 
@@ -82,25 +81,9 @@ def write_layer(path: pathlib.Path, size: int) -> str:
 def build_bundle(work: pathlib.Path, size: int) -> pathlib.Path:
     layer = work / "layer.tar"
     layer_digest = write_layer(layer, size)
-    config = json.dumps(
-        {
-            "architecture": "amd64",
-            "os": "linux",
-            "config": {"Cmd": ["/bin/sh"]},
-            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_digest}"]},
-        }
-    ).encode()
-    config_digest = hashlib.sha256(config).hexdigest()
-    manifest = json.dumps(
-        [{"Config": f"{config_digest}.json", "RepoTags": ["bench/upload:1"], "Layers": [f"{layer_digest}/layer.tar"]}]
-    ).encode()
     image = work / "image.tar"
     with tarfile.open(image, "w") as tar:
-        for name, data in (("manifest.json", manifest), (f"{config_digest}.json", config)):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        tar.add(layer, f"{layer_digest}/layer.tar")
+        tar.add(layer, add_manifest_and_config(tar, layer_digest, "bench/upload:1"))
     layer.unlink()
     bundle = work / "bundle.zip"
     with zipfile.ZipFile(bundle, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
