@@ -156,6 +156,14 @@ class Engine:
             finally:
                 response.release()
 
+    async def _send(self, what: str, path: str, **kwargs: Any) -> None:
+        """A request whose answer is only its status (errors as :class:`EngineError`); quick
+        unless ``timeout`` says otherwise."""
+        kwargs.setdefault("timeout", _QUICK)
+        with _docker_errors(what):
+            async with self._request(path, **kwargs):
+                pass
+
     async def check(self) -> None:
         await self.client().version()
 
@@ -220,17 +228,16 @@ class Engine:
 
     async def put_archive(self, container_id: str, path: str, data: bytes | AsyncIterator[bytes]) -> None:
         """Extract a tar (bytes or a stream of chunks) at ``path`` inside the container."""
-        with _docker_errors(f"copy into container {container_id[:12]} at {path}"):
-            async with self._request(
-                f"containers/{container_id}/archive",
-                method="PUT",
-                params={"path": path},
-                data=data,
-                headers={"Content-Type": "application/x-tar"},
-                timeout=_NO_TIMEOUT,
-                chunked=None if isinstance(data, bytes) else True,
-            ):
-                pass
+        await self._send(
+            f"copy into container {container_id[:12]} at {path}",
+            f"containers/{container_id}/archive",
+            method="PUT",
+            params={"path": path},
+            data=data,
+            headers={"Content-Type": "application/x-tar"},
+            timeout=_NO_TIMEOUT,
+            chunked=None if isinstance(data, bytes) else True,
+        )
 
     @contextlib.asynccontextmanager
     async def get_archive(self, container_id: str, path: str) -> AsyncIterator[AsyncIterator[bytes]]:
@@ -245,9 +252,7 @@ class Engine:
                 yield response.content.iter_chunked(256 * 1024)
 
     async def start(self, container_id: str) -> None:
-        with _docker_errors(f"start container {container_id[:12]}"):
-            async with self._request(f"containers/{container_id}/start", method="POST", timeout=_QUICK):
-                pass
+        await self._send(f"start container {container_id[:12]}", f"containers/{container_id}/start", method="POST")
 
     async def wait(self, container_id: str) -> int:
         """Block until the container exits; its exit code."""
@@ -260,29 +265,24 @@ class Engine:
     async def stop(self, container_id: str, grace_seconds: float) -> None:
         """SIGTERM, then SIGKILL after ``grace_seconds`` (Docker's stop); a stopped container is fine."""
         grace = max(0, round(grace_seconds))
-        try:
-            with _docker_errors(f"stop container {container_id[:12]}"):
-                async with self._request(
-                    f"containers/{container_id}/stop",
-                    method="POST",
-                    params={"t": grace},
-                    timeout=aiohttp.ClientTimeout(total=grace + 60),
-                ):
-                    pass
-        except ContainerGone:
-            pass
+        with contextlib.suppress(ContainerGone):
+            await self._send(
+                f"stop container {container_id[:12]}",
+                f"containers/{container_id}/stop",
+                method="POST",
+                params={"t": grace},
+                timeout=aiohttp.ClientTimeout(total=grace + 60),
+            )
 
     async def remove(self, container_id: str) -> None:
         """Kill if needed and remove, with its anonymous volumes; absent is fine."""
         try:
-            with _docker_errors(f"remove container {container_id[:12]}"):
-                async with self._request(
-                    f"containers/{container_id}",
-                    method="DELETE",
-                    params={"force": "1", "v": "1"},
-                    timeout=_QUICK,
-                ):
-                    pass
+            await self._send(
+                f"remove container {container_id[:12]}",
+                f"containers/{container_id}",
+                method="DELETE",
+                params={"force": "1", "v": "1"},
+            )
         except ContainerGone:
             pass
         except EngineError as exc:
