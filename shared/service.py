@@ -13,7 +13,8 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
 from typing import Any, TypeVar
 
 import asyncpg
@@ -47,6 +48,7 @@ S = TypeVar("S", bound=CommonSettings)
 CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 
 STARTUP_ATTEMPTS = 60  # about a minute of waiting for PostgreSQL / NATS to come up
+POOL_CLOSE_TIMEOUT = 5.0
 
 
 async def _retrying(what: str, attempt: Callable[[], Awaitable[object]]) -> object:
@@ -90,7 +92,13 @@ def postgres_ctx(settings: CommonSettings) -> CleanupCtx:
         try:
             yield
         finally:
-            await pool.close()
+            try:
+                # close() waits for every connection to come back: not for ever
+                async with asyncio.timeout(POOL_CLOSE_TIMEOUT):
+                    await pool.close()
+            except TimeoutError:
+                log.warning("postgres.close_timed_out", seconds=POOL_CLOSE_TIMEOUT)
+                pool.terminate()
 
     return ctx
 
@@ -154,9 +162,52 @@ def nats_ctx(settings: CommonSettings, name: str) -> CleanupCtx:
         try:
             yield
         finally:
-            await nc.drain()
+            await _close_nats(nc)
 
     return ctx
+
+
+async def cancel_and_wait(tasks: Collection[asyncio.Task[Any]], what: str) -> None:
+    """Cancel ``tasks`` and wait until every one has ended, cancelling again while any runs on.
+
+    One cancellation is not always enough: on Python 3.11 ``asyncio.wait_for`` (which nats-py
+    uses under ``fetch``) swallows it when its inner future completes at the same moment, and a
+    loop around such a call then goes on for ever, hanging whoever awaits it. Exceptions of the
+    tasks are left on them for their owner to read.
+    """
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+        for task in pending:
+            log.warning("task.cancel_ignored", task=what, at=_where(task))
+
+
+def _where(task: asyncio.Task[Any]) -> list[str]:
+    """Where a task is suspended, outermost call first, down the chain of awaited coroutines:
+    which library ignored a cancellation."""
+    places = []
+    awaited: Any = task.get_coro()
+    while awaited is not None and getattr(awaited, "cr_frame", None) is not None:
+        frame = awaited.cr_frame
+        places.append(f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+        awaited = awaited.cr_await
+    if awaited is not None:
+        places.append(repr(awaited)[:200])
+    return places
+
+
+async def _close_nats(nc: NATS) -> None:
+    """Drain when connected (pending publishes go out); otherwise, or if draining fails, close."""
+    if nc.is_connected:
+        try:
+            await nc.drain()
+            return
+        except (nats.errors.Error, OSError, TimeoutError) as exc:
+            log.warning("nats.drain_failed", error=repr(exc))
+    if not nc.is_closed:
+        await nc.close()
 
 
 @contextlib.asynccontextmanager
@@ -166,12 +217,7 @@ async def owned_task(name: str, work: Coroutine[Any, Any, None]) -> AsyncIterato
     try:
         yield task
     finally:
-        # cancel until it ends: a library that swallows one cancellation must not hang shutdown
-        while not task.done():
-            task.cancel()
-            await asyncio.wait([task], timeout=1.0)
-            if not task.done():
-                log.warning("task.cancel_ignored", task=name)
+        await cancel_and_wait([task], name)
         if not task.cancelled() and task.exception() is not None:
             log.error("task.failed", task=name, error=repr(task.exception()))
 
@@ -179,6 +225,9 @@ async def owned_task(name: str, work: Coroutine[Any, Any, None]) -> AsyncIterato
 # set by :func:`serve` (not by tests): what to do when an essential loop ends
 STOP_ON_LOOP_END: web.AppKey[Callable[[str], None]] = web.AppKey("stop_on_loop_end")
 EXIT_LOOP_ENDED = 70  # EX_SOFTWARE
+EXIT_SHUTDOWN_OVERRAN = 71
+# beyond the timeouts a shutdown waits for: closing NATS (drain_timeout) and PostgreSQL
+SHUTDOWN_SLACK = 15.0
 
 
 @contextlib.asynccontextmanager
@@ -232,6 +281,49 @@ def infrastructure(app: web.Application, settings: CommonSettings, name: str) ->
         app.cleanup_ctx.append(relay_ctx(settings))
 
 
+class Shutdown:
+    """How a service process stops: once, gracefully, within a hard deadline.
+
+    The first SIGTERM or SIGINT, or the end of an essential loop, starts aiohttp's graceful
+    shutdown. Whatever comes after (a second signal, a loop that ends because PostgreSQL or NATS
+    went down with us, as when ``app-engine up`` is killed) changes nothing: a second
+    ``GracefulExit`` would cancel the shutdown half-way and leave connections and containers to
+    chance. If the shutdown still has not ended ``deadline`` seconds after it began, a thread
+    ends the process with :data:`EXIT_SHUTDOWN_OVERRAN`, so a wedged library never keeps a
+    stopped service alive.
+    """
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.reason: str | None = None
+        self.ended: list[str] = []
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.request, sig.name)
+
+    def loop_ended(self, name: str) -> None:
+        """An essential loop ended: stop, and exit non-zero so that a supervisor restarts us."""
+        if self.reason is None:
+            self.ended.append(name)
+        self.request(f"loop {name} ended")
+
+    def request(self, reason: str) -> None:
+        if self.reason is not None:
+            log.info("service.already_stopping", reason=reason, stopping_for=self.reason)
+            return
+        self.reason = reason
+        log.info("service.stopping", reason=reason, deadline_seconds=self.deadline)
+        timer = threading.Timer(self.deadline, self._overran)
+        timer.daemon = True
+        timer.start()
+        raise web.GracefulExit()
+
+    def _overran(self) -> None:
+        log.critical("service.shutdown_overran", deadline_seconds=self.deadline, exit_code=EXIT_SHUTDOWN_OVERRAN)
+        os._exit(EXIT_SHUTDOWN_OVERRAN)
+
+
 def serve(
     name: str,
     settings_cls: type[S],
@@ -247,14 +339,16 @@ def serve(
         raise SystemExit(2) from None
     configure_logging(name, settings.log_level, settings.log_format)
     app = build(settings)
-    ended: list[str] = []
+    # in-flight requests get shutdown_timeout, then the executor's running jobs as long again
+    shutdown = Shutdown(deadline=2 * settings.shutdown_timeout + SHUTDOWN_SLACK)
 
-    def stop(loop_name: str) -> None:
-        # shut down as on SIGTERM, then exit non-zero so that any supervisor restarts us
-        ended.append(loop_name)
-        os.kill(os.getpid(), signal.SIGTERM)
+    async def signals(app: web.Application) -> AsyncIterator[None]:
+        shutdown.install(asyncio.get_running_loop())
+        yield
 
-    app[STOP_ON_LOOP_END] = stop
+    # first, so that a signal during startup already stops the service gracefully
+    app.cleanup_ctx.insert(0, signals)
+    app[STOP_ON_LOOP_END] = shutdown.loop_ended
     log.info("service.starting", host=settings.host, port=settings.port, prefix=settings.route_prefix)
     web.run_app(
         app,
@@ -263,9 +357,9 @@ def serve(
         shutdown_timeout=settings.shutdown_timeout,
         access_log=None,
         print=None,
-        handle_signals=True,
+        handle_signals=False,
     )
-    if ended:
-        log.error("service.stopped", ended=ended, exit_code=EXIT_LOOP_ENDED)
+    if shutdown.ended:
+        log.error("service.stopped", ended=shutdown.ended, exit_code=EXIT_LOOP_ENDED)
         raise SystemExit(EXIT_LOOP_ENDED)
     log.info("service.stopped")

@@ -41,7 +41,8 @@ _SETTINGS_VARS = frozenset(
 
 
 class ServiceProcess:
-    """One service process: ``module`` is ``registry``, ``scheduler``, ``storage`` or ``executor``.
+    """One service process: ``module`` is ``registry``, ``scheduler``, ``storage`` or ``executor``
+    (or a dotted module path, for a test's own service).
 
     ``name`` tells processes of the same module apart (``executor-1``); it names the log file,
     which survives restarts (each start appends).
@@ -85,7 +86,7 @@ class ServiceProcess:
         self._close_log()
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", f"services.{self.module}"],
+            [sys.executable, "-m", self.module if "." in self.module else f"services.{self.module}"],
             cwd=str(ROOT),
             env=env,
             stdin=subprocess.DEVNULL,

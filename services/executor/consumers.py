@@ -30,6 +30,7 @@ from services.executor.runtime import Engine
 from shared.contracts import RunJob, Subjects
 from shared.domain.errors import DomainError
 from shared.runlog.store import RunLogError
+from shared.service import cancel_and_wait
 
 log = structlog.get_logger("executor.jobs")
 
@@ -90,6 +91,7 @@ class Worker:
         )
         log.info("jobs.consuming", executor_id=self._executor.id, slots=self._slots)
         while True:
+            _unless_cancelled()
             free = self._slots - len(self._running)
             if free <= 0:
                 await asyncio.wait(set(self._running), return_when=asyncio.FIRST_COMPLETED)
@@ -177,17 +179,20 @@ class Worker:
         A cancelled run's container keeps running under this executor's label: the executor
         restarted with the same ``EXECUTOR_ID`` adopts it.
         """
-        intake.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await intake
+        await cancel_and_wait([intake], "jobs")
         if self._running:
             log.info("jobs.draining", runs=len(self._running), grace_seconds=grace_seconds)
             await asyncio.wait(set(self._running), timeout=grace_seconds)
-        pending = set(self._running)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending)
+        await cancel_and_wait(set(self._running), "job")
+
+
+def _unless_cancelled() -> None:
+    """Raise CancelledError if the current task was cancelled but a library call under it lost
+    the cancellation (returned or raised something else instead; with NATS down nats-py's fetch
+    does). Nothing has called ``uncancel``, so the request is still counted."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def _quietly(ack: Awaitable[None]) -> None:
