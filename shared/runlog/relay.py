@@ -101,10 +101,11 @@ class Relay:
         conn = await self._connect()
         wake_sub: Subscription | None = None
         try:
-            leader = await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key(self._schema, "relay"))
-            if not leader:
+            # a standby asks again on the same session: a new PostgreSQL session per attempt
+            # costs milliseconds of CPU on both sides (a backend started, TLS tried, catalog
+            # loaded); with every service a candidate that was most of an idle engine's load
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key(self._schema, "relay")):
                 await asyncio.sleep(self._standby_retry)
-                return
             self.active = True
             ACTIVE.set(1)
             log.info("relay.active", schema=self._schema)

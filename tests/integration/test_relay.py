@@ -136,12 +136,20 @@ async def test_a_standby_relay_takes_over_when_the_active_one_dies(
     schema: str,
 ) -> None:
     first = Relay(connect_factory(database_url), schema, js, subjects, standby_retry=0.1)
-    second = Relay(connect_factory(database_url), schema, js, subjects, standby_retry=0.1)
+    sessions = 0
+
+    async def counted_connect() -> asyncpg.Connection:
+        nonlocal sessions
+        sessions += 1
+        return await asyncpg.connect(database_url)
+
+    second = Relay(counted_connect, schema, js, subjects, standby_retry=0.1)
     async with relay_task(first) as first_task:
         await eventually(lambda: _active(first), what="first relay active")
         async with relay_task(second):
-            await asyncio.sleep(0.3)  # several lock attempts by the standby
+            await asyncio.sleep(0.5)  # several lock attempts by the standby
             assert not second.active, "two relays active at once"
+            assert sessions == 1, "the standby asks on one PostgreSQL session, not a new one each time"
             first_task.cancel()  # its connection closes, which frees the lock
             with contextlib.suppress(asyncio.CancelledError):
                 await first_task
