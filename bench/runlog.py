@@ -84,7 +84,7 @@ from shared.domain.state import RunState, initial_state
 from shared.runlog.relay import Relay
 from shared.runlog.runs import RunLog
 from shared.runlog.schema import migrate
-from shared.runlog.store import EventStore, OnCommit, StoredEvent
+from shared.runlog.store import EventStore, OnCommit, StoredEvent, keep_session
 
 APP = "bench_runlog"  # application_name of the benchmark's connections (the relay's: bench_runlog_relay)
 TARGET_EVENTS_PER_S = 5000.0  # with 16 writers
@@ -485,6 +485,7 @@ BATCH = "RunLog.append, 10 events/append"
 BASELINE_NOTIFY = "diag: baseline + pg_notify"
 SINGLE_NOTIFY = "diag: 1 event/append, pg_notify (old)"
 BATCH_NOTIFY = "diag: 10 events/append, pg_notify (old)"
+SINGLE_DEFAULT_RESET = "diag: 1 event/append, asyncpg pool reset (old)"
 CONFIGS = (BASELINE, SINGLE, BATCH, BASELINE_NOTIFY, SINGLE_NOTIFY, BATCH_NOTIFY)
 
 
@@ -525,6 +526,7 @@ async def throughput(s: Settings, schema: str, prefix: str) -> list[Throughput]:
     )
     results: list[Throughput] = []
     pools: dict[int, asyncpg.Pool] = {}
+    default_reset_pools: dict[int, asyncpg.Pool] = {}
     watch: asyncpg.Connection | None = None
     # appends wake the relay as in the services (nobody listens here: no relay in this test)
     nc: NATS = await nats.connect(s.nats_url)
@@ -536,10 +538,18 @@ async def throughput(s: Settings, schema: str, prefix: str) -> list[Throughput]:
                 min_size=n,
                 max_size=n,
                 max_queries=2**40,  # never replace a connection: its backend's CPU is measured by pid
+                reset=keep_session,  # as the services configure their pools
                 server_settings={"application_name": APP},
             )
             assert pool is not None
             pools[n] = pool
+            if s.diagnostics:
+                # asyncpg's default reset: one more round trip on every release (before keep_session)
+                old_pool = await asyncpg.create_pool(
+                    s.database_url, min_size=n, max_size=n, max_queries=2**40, server_settings={"application_name": APP}
+                )
+                assert old_pool is not None
+                default_reset_pools[n] = old_pool
         watch = await asyncpg.connect(s.database_url, server_settings={"application_name": "bench_watch"})
         for rnd in range(s.rounds):
             for n in s.writer_counts:
@@ -556,6 +566,9 @@ async def throughput(s: Settings, schema: str, prefix: str) -> list[Throughput]:
                 if old is not None:
                     configs.append((SINGLE_NOTIFY, runlog_op(RunLog(old), 1)))
                     configs.append((BATCH_NOTIFY, runlog_op(RunLog(old), 10)))
+                if n in default_reset_pools:
+                    reset_store = EventStore(default_reset_pools[n], schema, on_commit=wake_relay(nc, wake_subject))
+                    configs.append((SINGLE_DEFAULT_RESET, runlog_op(RunLog(reset_store), 1)))
                 for name, make_op in configs:
                     r = await measure(name, n, make_op, s, watch)
                     results.append(r)
@@ -568,7 +581,7 @@ async def throughput(s: Settings, schema: str, prefix: str) -> list[Throughput]:
     finally:
         if watch is not None:
             await watch.close()
-        for pool in pools.values():
+        for pool in (*pools.values(), *default_reset_pools.values()):
             await pool.close()
         await nc.drain()
     return results

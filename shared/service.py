@@ -30,7 +30,7 @@ from shared.logs import configure_logging
 from shared.runlog.relay import Relay
 from shared.runlog.runs import RunLog
 from shared.runlog.schema import check_schema_name, migrate
-from shared.runlog.store import EventStore
+from shared.runlog.store import EventStore, keep_session
 from shared.settings import CommonSettings, SettingsError, load_settings
 from shared.web import ESSENTIAL, READINESS
 
@@ -71,7 +71,11 @@ def postgres_ctx(settings: CommonSettings) -> CleanupCtx:
 
         async def connect() -> asyncpg.Pool:
             pool = await asyncpg.create_pool(
-                settings.database_url, min_size=1, max_size=settings.database_pool_size, timeout=5
+                settings.database_url,
+                min_size=1,
+                max_size=settings.database_pool_size,
+                timeout=5,
+                reset=keep_session,
             )
             assert pool is not None
             return pool

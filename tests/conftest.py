@@ -16,7 +16,7 @@ from nats.js import JetStreamContext
 from shared.contracts import Subjects
 from shared.runlog.runs import RunLog
 from shared.runlog.schema import migrate
-from shared.runlog.store import EventStore
+from shared.runlog.store import EventStore, keep_session
 
 DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 NATS_URL = os.environ.get("TEST_NATS_URL", "nats://127.0.0.1:4222")
@@ -51,7 +51,8 @@ async def schema(unique: str) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def pool(schema: str) -> AsyncIterator[asyncpg.Pool]:
-    p = await asyncpg.create_pool(DATABASE_URL, min_size=1, max_size=20)
+    # configured as the services' pools are
+    p = await asyncpg.create_pool(DATABASE_URL, min_size=1, max_size=20, reset=keep_session)
     assert p is not None
     async with p.acquire() as conn:
         await migrate(conn, schema)

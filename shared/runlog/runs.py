@@ -106,6 +106,11 @@ class RunLog:
     async def load(self, run_id: uuid.UUID, *, conn: Conn | None = None) -> RunState:
         return fold_stored(run_id, await self.store.read(run_id, conn=conn))
 
+    def lock_key(self, run_id: uuid.UUID) -> tuple[int, int]:
+        """The two-key advisory lock of :meth:`exclusive` (never meets the one-key locks of the
+        relay and migrations)."""
+        return _int4(zlib.crc32(f"{self.store.schema}:runs".encode())), _int4(zlib.crc32(run_id.bytes))
+
     @contextlib.asynccontextmanager
     async def exclusive(self, run_id: uuid.UUID) -> AsyncIterator[Conn]:
         """A connection holding the run's advisory lock, for the whole block.
@@ -116,14 +121,21 @@ class RunLog:
         ``load``/``execute`` inside the block: they then need no second pool connection, so
         lock holders can never exhaust the pool waiting on each other.
         """
-        space, key = _int4(zlib.crc32(f"{self.store.schema}:runs".encode())), _int4(zlib.crc32(run_id.bytes))
+        space, key = self.lock_key(run_id)
         async with self.store.pool.acquire() as conn:
-            await conn.execute("SELECT pg_advisory_lock($1, $2)", space, key)
+            released = False
             try:
-                yield conn
+                await conn.execute("SELECT pg_advisory_lock($1, $2)", space, key)
+                try:
+                    yield conn
+                finally:
+                    await conn.execute("SELECT pg_advisory_unlock($1, $2)", space, key)
+                    released = True
             finally:
-                # also released if this fails: the pool resets a connection it takes back
-                await conn.execute("SELECT pg_advisory_unlock($1, $2)", space, key)
+                if not released:
+                    # the lock may be held with nobody left to release it (cancelled while locking
+                    # or unlocking, a broken connection): end the session, which releases it
+                    conn.terminate()
 
     async def append(
         self,

@@ -10,12 +10,13 @@ import msgspec
 import pytest
 
 from shared.domain.decide import CancelRun, CreateRun, ProvisionInput, RequestRun
-from shared.domain.errors import InvalidRunState
+from shared.domain.errors import InvalidRunState, RunNotFound
 from shared.domain.events import InputProvisioned, RunStatus
 from shared.runlog import readmodel
 from shared.runlog.runs import RunLog, decode_run_event
 from shared.runlog.schema import MIGRATIONS, migrate
 from shared.runlog.store import ConcurrencyError, CorruptLog, EventStore, NewEvent
+from tests.support import eventually
 
 PARAMS = tuple(f"p{i}" for i in range(8))
 
@@ -165,3 +166,59 @@ async def test_concurrent_migrations_apply_each_step_once(database_url: str, sch
     finally:
         for c in conns:
             await c.close()
+
+
+# --- the run lock (RunLog.exclusive) -------------------------------------------------------------
+
+
+async def _lock_is_free(runlog: RunLog, run_id: uuid.UUID, database_url: str) -> bool:
+    """Asked from a session of its own: a pooled session may hold the lock and would get it again."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        got = await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", *runlog.lock_key(run_id))
+        if got:
+            await conn.execute("SELECT pg_advisory_unlock($1, $2)", *runlog.lock_key(run_id))
+        return bool(got)
+    finally:
+        await conn.close()
+
+
+async def test_the_run_lock_is_released_when_its_holder_fails(runlog: RunLog, database_url: str) -> None:
+    run_id = uuid.uuid4()
+
+    async def request_missing_run() -> None:
+        async with runlog.exclusive(run_id) as conn:
+            assert not await _lock_is_free(runlog, run_id, database_url)
+            await runlog.execute(run_id, RequestRun(), conn=conn)  # no such run: a domain error
+
+    with pytest.raises(RunNotFound):
+        await request_missing_run()
+    assert await _lock_is_free(runlog, run_id, database_url)
+
+
+async def test_the_run_lock_is_released_when_its_unlock_is_cancelled(runlog: RunLog, database_url: str) -> None:
+    """The pools skip asyncpg's reset (pg_advisory_unlock_all and more on every release), so a
+    lock whose unlock never completed must not come back to the pool held."""
+    run_id = uuid.uuid4()
+    entered = asyncio.Event()
+
+    async def holder() -> None:
+        async with runlog.exclusive(run_id):
+            entered.set()
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(holder())
+    await entered.wait()
+    task.cancel()
+    await asyncio.sleep(0)  # the holder leaves its block and sends the unlock...
+    task.cancel()  # ... and is cancelled again before the answer
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    async def free() -> bool:
+        return await _lock_is_free(runlog, run_id, database_url)
+
+    await eventually(free, within=5, what="the run lock released")
+    # and the pool still serves: the terminated connection was replaced
+    async with asyncio.timeout(5), runlog.exclusive(run_id):
+        pass
