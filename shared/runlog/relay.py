@@ -104,8 +104,7 @@ class Relay:
             # a standby asks again on the same session: a new PostgreSQL session per attempt
             # costs milliseconds of CPU on both sides (a backend started, TLS tried, catalog
             # loaded); with every service a candidate that was most of an idle engine's load
-            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key(self._schema, "relay")):
-                await asyncio.sleep(self._standby_retry)
+            await self._wait_for_lock(conn)
             self.active = True
             ACTIVE.set(1)
             log.info("relay.active", schema=self._schema)
@@ -130,6 +129,12 @@ class Relay:
             # closing the connection is what frees the lock for a standby
             with contextlib.suppress(Exception):
                 await asyncio.shield(conn.close(timeout=2))
+
+    async def _wait_for_lock(self, conn: asyncpg.Connection) -> None:
+        key = lock_key(self._schema, "relay")
+        # polling is the point: nothing tells us when another session lets go of the lock
+        while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):  # noqa: ASYNC110
+            await asyncio.sleep(self._standby_retry)
 
     async def _on_wake(self, _: Msg) -> None:
         self._wake.set()
