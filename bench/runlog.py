@@ -486,7 +486,7 @@ BASELINE_NOTIFY = "diag: baseline + pg_notify"
 SINGLE_NOTIFY = "diag: 1 event/append, pg_notify (old)"
 BATCH_NOTIFY = "diag: 10 events/append, pg_notify (old)"
 SINGLE_DEFAULT_RESET = "diag: 1 event/append, asyncpg pool reset (old)"
-CONFIGS = (BASELINE, SINGLE, BATCH, BASELINE_NOTIFY, SINGLE_NOTIFY, BATCH_NOTIFY)
+CONFIGS = (BASELINE, SINGLE, BATCH, BASELINE_NOTIFY, SINGLE_NOTIFY, BATCH_NOTIFY, SINGLE_DEFAULT_RESET)
 
 
 _TABLE_STATS = """
