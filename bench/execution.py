@@ -90,12 +90,13 @@ PIDS_LIMIT = 1024  # the executor's default PIDS_LIMIT
 RAW_LABEL = "org.cytomine.bench.raw"  # the benchmark's own containers (value: the stack token)
 RAW_RUN = "org.cytomine.bench.run"
 TERMINAL = frozenset({"FINISHED", "FAILED"})
-# A run not taken by the executor within this time means its job intake is dead: the executor's
-# fetch loop (services/executor/consumers.py, Worker.run) catches nats.errors.TimeoutError, but
-# nats-py 2.16 can raise the builtin TimeoutError from fetch() at the end of an idle 5 s fetch, which
-# ends the intake task silently (the process stays healthy and ready). The benchmark restarts the
-# executor before each phase that uses it and whenever a run stalls, measures such a run again,
-# and reports every restart with whether the executor's log showed the intake's death.
+# A run not taken by the executor within this time means its job intake is dead. It happened
+# once: nats-py 2.16 can raise the builtin TimeoutError from fetch() at the end of an idle 5 s
+# fetch, which ended the intake silently. The intake now catches it, and an ended intake makes
+# /health fail and the process exit (shared/service.py, essential_task). The guard stays: the
+# benchmark restarts the executor before each phase that uses it and whenever a run stalls,
+# measures such a run again, and reports every restart with whether the executor's log showed
+# the intake's death.
 STALL_SECONDS = 10.0
 
 ADD_SCRIPT = "echo $(( $(cat /inputs/a) + $(cat /inputs/b) )) > /outputs/sum"
