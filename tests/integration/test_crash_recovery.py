@@ -501,8 +501,11 @@ async def test_executor_killed_while_preparing_restarted_in_time_hands_its_run_b
     one, two = f"crash-{unique}-1", f"crash-{unique}-2"
     async with stack(tmp_path, schema, subjects, database_url, nats_url, [one, two]) as s:
         await start_core(s, WATCHDOG_INTERVAL="0.5", EXECUTOR_TIMEOUT="60")
-        s.processes.add("executor-1", "executor", **executor_env(s, one, JOB_ACK_WAIT="3"))
-        s.processes.add("executor-2", "executor", **executor_env(s, two, JOB_ACK_WAIT="3"))
+        # no preloading on task.registered: the image must be loaded while the run is PENDING,
+        # which is the window the kill has to land in
+        quiet = {"JOB_ACK_WAIT": "3", "PRELOAD_IMAGES": "false"}
+        s.processes.add("executor-1", "executor", **executor_env(s, one, **quiet))
+        s.processes.add("executor-2", "executor", **executor_env(s, two, **quiet))
         await s.processes.start("executor-2")
         task = await s.register(tmp_path, unloaded_image, 1)
         run = await s.submit(task, 40, 2)
