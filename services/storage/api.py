@@ -41,11 +41,12 @@ from collections.abc import AsyncIterator
 
 import msgspec
 import structlog
-from aiohttp import BodyPartReader, web
+from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from services.storage import errors as e
 from services.storage.collection import Collection
+from services.storage.multipart import MultipartStream, boundary_of
 from services.storage.provisioning import Provisioning
 from services.storage.reading import Download, Reading
 from shared.web import ApiError, ErrorRenderer, Handler, json_response, render_errors
@@ -113,18 +114,18 @@ async def provision_item_json(request: web.Request) -> web.Response:
     return json_response(echo)
 
 
-async def _stream_part(part: BodyPartReader, target: pathlib.Path, limit: int) -> str:
-    """Write the part to ``target``; its sha256, computed as it arrives so that storing the file
+async def _stream_part(pieces: AsyncIterator[bytes | memoryview], target: pathlib.Path, limit: int) -> str:
+    """Write a part to ``target``; its sha256, computed as it arrives so that storing the file
     needs no second pass over it."""
     written = 0
     digest = hashlib.sha256()
     with target.open("wb") as f:
-        while chunk := await part.read_chunk(CHUNK):
-            written += len(chunk)
+        async for piece in pieces:
+            written += len(piece)
             if written > limit:
                 raise e.TooLarge("APPE-internal-request-too-large", f"a file part is larger than {limit} bytes")
-            digest.update(chunk)
-            f.write(chunk)
+            digest.update(piece)
+            f.write(piece)
     return digest.hexdigest()
 
 
@@ -134,16 +135,15 @@ async def _receive(request: web.Request, file: pathlib.Path, sidecar: pathlib.Pa
     if not request.content_type.startswith("multipart/"):
         raise e.Invalid("APPE-internal-not-multipart", "payload is not multipart")
     try:
-        reader = await request.multipart()
-        part = await reader.next()
+        parts = MultipartStream(request.content, boundary_of(request.headers.get(hdrs.CONTENT_TYPE, "")))
+        part = await parts.next_part()
         if part is None:
             raise e.Invalid("APPE-internal-no-file-parts", "payload does not contain file parts")
-        if not isinstance(part, BodyPartReader) or part.filename is None:
+        if part.filename is None:
             raise e.Invalid("APPE-internal-no-file-but-form-field", "payload does not contain file but form field")
-        digest = await _stream_part(part, file, request.app[MAX_FILE])
-        second = await reader.next()
-        if isinstance(second, BodyPartReader):
-            await _stream_part(second, sidecar, MAX_SIDECAR)
+        digest = await _stream_part(parts.body(), file, request.app[MAX_FILE])
+        if await parts.next_part() is not None:
+            await _stream_part(parts.body(), sidecar, MAX_SIDECAR)
             return digest, True
         return digest, False
     except _BODY_ERRORS as exc:
