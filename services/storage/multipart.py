@@ -131,10 +131,13 @@ class MultipartStream:
         self._in_part = False
 
     async def _more(self) -> bytes:
-        data, _ = await self._content.readchunk()
-        if not data:
-            raise MalformedMultipart("the body ends before its closing boundary")
-        return data
+        while True:
+            data, end_of_http_chunk = await self._content.readchunk()
+            if data:
+                return data
+            # (b"", True): the end of one chunk of a chunked body, not of the body
+            if not end_of_http_chunk:
+                raise MalformedMultipart("the body ends before its closing boundary")
 
     async def _line(self) -> bytes:
         while (end := self._buf.find(b"\r\n")) < 0:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import socket
 from collections.abc import Sequence
 
 import pytest
@@ -66,6 +67,37 @@ async def test_random_cuts_into_many_pieces_give_the_same_parts() -> None:
     for _ in range(200):
         points = rng.sample(range(1, len(raw)), rng.randint(1, 40))
         assert await parse(cut(raw, *points)) == big
+
+
+async def test_a_chunked_body_whose_chunk_ends_arrive_apart_from_their_data() -> None:
+    """With Transfer-Encoding: chunked, readchunk() gives (b"", True) when the reader caught up
+    with a chunk before its end came: the body goes on."""
+    loop = asyncio.get_running_loop()
+    protocol = BaseProtocol(loop)
+    # a reader waits for data only on a connected protocol: give it a real (silent) connection
+    ours, theirs = socket.socketpair()
+    transport, _ = await loop.create_connection(lambda: protocol, sock=ours)
+    reader = StreamReader(protocol, 2**22, loop=loop)
+    raw = body(PARTS)
+
+    async def feed() -> None:
+        for piece in cut(raw, *range(50, len(raw), 50)):
+            reader.begin_http_chunk_receiving()
+            reader.feed_data(piece)
+            await asyncio.sleep(0.001)  # the reader takes the data before the chunk's end
+            reader.end_http_chunk_receiving()
+            await asyncio.sleep(0.001)
+        reader.feed_eof()
+
+    feeder = asyncio.create_task(feed())
+    stream = MultipartStream(reader, BOUNDARY)
+    found = []
+    while (part := await stream.next_part()) is not None:
+        found.append((part.name, part.filename, b"".join([bytes(p) async for p in stream.body()])))
+    await feeder
+    transport.close()
+    theirs.close()
+    assert found == EXPECTED
 
 
 async def test_byte_by_byte() -> None:
