@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coro
 from typing import Any, TypeVar
 
 import asyncpg
+import msgspec
 import nats
 import structlog
 from aiohttp import web
@@ -171,21 +172,25 @@ def nats_ctx(settings: CommonSettings, name: str) -> CleanupCtx:
     return ctx
 
 
-async def cancel_and_wait(tasks: Collection[asyncio.Task[Any]], what: str) -> None:
+async def cancel_and_wait(tasks: Collection[asyncio.Task[Any]], what: str, *, grace: float = 2.0) -> None:
     """Cancel ``tasks`` and wait until every one has ended, cancelling again while any runs on.
 
     One cancellation is not always enough: on Python 3.11 ``asyncio.wait_for`` (which nats-py
     uses under ``fetch``) swallows it when its inner future completes at the same moment, and a
-    loop around such a call then goes on for ever, hanging whoever awaits it. Exceptions of the
-    tasks are left on them for their owner to read.
+    loop around such a call then goes on for ever, hanging whoever awaits it. A task gets
+    ``grace`` seconds to finish what its cancellation starts (a run handed back, a connection
+    closed) before the next cancellation, which would cut that short. Exceptions of the tasks
+    are left on them for their owner to read.
     """
     pending = {task for task in tasks if not task.done()}
+    wait = grace
     while pending:
         for task in pending:
             task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=1.0)
+        _, pending = await asyncio.wait(pending, timeout=wait)
         for task in pending:
             log.warning("task.cancel_ignored", task=what, at=_where(task))
+        wait = 1.0
 
 
 def _where(task: asyncio.Task[Any]) -> list[str]:
@@ -230,8 +235,9 @@ async def owned_task(name: str, work: Coroutine[Any, Any, None]) -> AsyncIterato
 STOP_ON_LOOP_END: web.AppKey[Callable[[str], None]] = web.AppKey("stop_on_loop_end")
 EXIT_LOOP_ENDED = 70  # EX_SOFTWARE
 EXIT_SHUTDOWN_OVERRAN = 71
-# beyond the timeouts a shutdown waits for: closing NATS (drain_timeout) and PostgreSQL
-SHUTDOWN_SLACK = 15.0
+# beyond the timeouts a shutdown waits for: closing NATS (drain_timeout 5 s, then a flush of up to
+# 10 s) and the PostgreSQL pool (POOL_CLOSE_TIMEOUT)
+SHUTDOWN_SLACK = 20.0
 
 
 @contextlib.asynccontextmanager
@@ -324,7 +330,12 @@ class Shutdown:
         raise web.GracefulExit()
 
     def _overran(self) -> None:
-        log.critical("service.shutdown_overran", deadline_seconds=self.deadline, exit_code=EXIT_SHUTDOWN_OVERRAN)
+        # straight to the descriptor: the logger's lock may be held by the wedged main thread
+        line = msgspec.json.encode(
+            {"event": "service.shutdown_overran", "level": "critical", "deadline_seconds": self.deadline}
+        )
+        with contextlib.suppress(OSError):
+            os.write(sys.stdout.fileno(), line + b"\n")
         os._exit(EXIT_SHUTDOWN_OVERRAN)
 
 
@@ -343,14 +354,16 @@ def serve(
         raise SystemExit(2) from None
     configure_logging(name, settings.log_level, settings.log_format)
     app = build(settings)
-    # in-flight requests get shutdown_timeout, then the executor's running jobs as long again
-    shutdown = Shutdown(deadline=2 * settings.shutdown_timeout + SHUTDOWN_SLACK)
+    # aiohttp waits shutdown_timeout for in-flight requests and as long again once it has
+    # cancelled them; the executor then gives its running jobs shutdown_timeout
+    shutdown = Shutdown(deadline=3 * settings.shutdown_timeout + SHUTDOWN_SLACK)
 
     async def signals(app: web.Application) -> AsyncIterator[None]:
         shutdown.install(asyncio.get_running_loop())
         yield
 
-    # first, so that a signal during startup already stops the service gracefully
+    # first, before anything is opened (a signal during the rest of startup aborts it: aiohttp
+    # then closes the contexts already entered without the orderly cleanup)
     app.cleanup_ctx.insert(0, signals)
     app[STOP_ON_LOOP_END] = shutdown.loop_ended
     log.info("service.starting", host=settings.host, port=settings.port, prefix=settings.route_prefix)

@@ -38,6 +38,8 @@ DURABLE = "executors"
 _decoder = msgspec.json.Decoder(RunJob)
 # how long a failed job waits before it is delivered again
 _NAK_DELAY = 5.0
+# how long a job cancelled at shutdown gets to hand its run back before it is cancelled again
+JOB_CANCEL_GRACE = 10.0
 _TRANSIENT = (RunLogError, asyncpg.PostgresError, OSError, nats.errors.Error, ExecutorError, TimeoutError)
 
 
@@ -106,6 +108,11 @@ class Worker:
                 log.warning("jobs.fetch_failed", error=repr(exc))
                 await asyncio.sleep(1)
                 continue
+            if _cancelling():
+                # stopping, and the fetch lost the cancellation: give the jobs back at once
+                for msg in messages:
+                    await _quietly(msg.nak())
+                raise asyncio.CancelledError
             for msg in messages:
                 self._spawn(self._deliver(msg), "job")
 
@@ -179,19 +186,24 @@ class Worker:
         A cancelled run's container keeps running under this executor's label: the executor
         restarted with the same ``EXECUTOR_ID`` adopts it.
         """
-        await cancel_and_wait([intake], "jobs")
+        await cancel_and_wait([intake], "jobs", grace=1.0)
         if self._running:
             log.info("jobs.draining", runs=len(self._running), grace_seconds=grace_seconds)
             await asyncio.wait(set(self._running), timeout=grace_seconds)
-        await cancel_and_wait(set(self._running), "job")
+        # a cancelled job hands its run back (a container removed, an append): let it
+        await cancel_and_wait(set(self._running), "job", grace=JOB_CANCEL_GRACE)
+
+
+def _cancelling() -> bool:
+    """Whether the current task was cancelled although no CancelledError reached it: a library
+    call under it lost the cancellation (returned or raised something else instead; with NATS
+    down nats-py's fetch does). Nothing has called ``uncancel``, so the request is still counted."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _unless_cancelled() -> None:
-    """Raise CancelledError if the current task was cancelled but a library call under it lost
-    the cancellation (returned or raised something else instead; with NATS down nats-py's fetch
-    does). Nothing has called ``uncancel``, so the request is still counted."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
+    if _cancelling():
         raise asyncio.CancelledError
 
 

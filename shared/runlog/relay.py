@@ -133,7 +133,9 @@ class Relay:
     async def _wait_for_lock(self, conn: asyncpg.Connection) -> None:
         key = lock_key(self._schema, "relay")
         # polling is the point: nothing tells us when another session lets go of the lock
-        while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):  # noqa: ASYNC110
+        # the timeout: a server gone silent (a partition, a failover behind the same address)
+        # must not keep the standby waiting for the kernel to give up on the connection
+        while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key, timeout=5):  # noqa: ASYNC110
             await asyncio.sleep(self._standby_retry)
 
     async def _on_wake(self, _: Msg) -> None:

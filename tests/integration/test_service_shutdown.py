@@ -119,3 +119,21 @@ async def test_cancel_and_wait_outlasts_a_task_that_swallows_cancellations() -> 
     async with asyncio.timeout(10):
         await cancel_and_wait([task], "stubborn")
     assert task.cancelled() and swallowed == 3
+
+
+async def test_cancel_and_wait_lets_a_cancelled_task_finish_its_cleanup() -> None:
+    """A job cancelled at shutdown hands its run back; a second cancellation must not cut that."""
+    cleaned = asyncio.Event()
+
+    async def job() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            await asyncio.sleep(1.5)  # as a container removal and an append under load
+            cleaned.set()
+
+    task = asyncio.create_task(job())
+    await asyncio.sleep(0)
+    async with asyncio.timeout(10):
+        await cancel_and_wait([task], "job", grace=5)
+    assert cleaned.is_set()
