@@ -18,9 +18,10 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import aiodocker
 import aiohttp
@@ -253,3 +254,39 @@ async def remove_containers(labels: dict[str, str]) -> int:
         return len(listed)
     finally:
         await docker.close()
+
+
+async def call_json(session: aiohttp.ClientSession, method: str, url: str, **kwargs: Any) -> Any:
+    """One request to a service that must answer 200: its JSON body (None when empty)."""
+    async with session.request(method, url, **kwargs) as resp:
+        body = await resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"{method} {url}: {resp.status} {body[:300]!r}")
+        return json.loads(body) if body else None
+
+
+class FileForm:
+    """A ``multipart/form-data`` body of one file part streamed from disk, its length declared,
+    as a client uploading a large file sends it: ``data=form.chunks()``, ``headers=form.headers``."""
+
+    READ = 4 * 1024 * 1024
+
+    def __init__(self, path: Path, *, field: str, content_type: str, filename: str | None = None) -> None:
+        boundary = uuid.uuid4().hex
+        self.path = path
+        self.head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename or path.name}"\r\n'
+            f"Content-Type: {content_type}\r\n\r\n"
+        ).encode()
+        self.tail = f"\r\n--{boundary}--\r\n".encode()
+        self.headers = {
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+            "Content-Length": str(len(self.head) + path.stat().st_size + len(self.tail)),
+        }
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        yield self.head
+        with self.path.open("rb") as f:
+            while chunk := await asyncio.to_thread(f.read, self.READ):
+                yield chunk
+        yield self.tail

@@ -67,7 +67,7 @@ import msgspec
 import nats
 import psutil  # type: ignore[import-untyped, unused-ignore]
 from _machine import table, verdict
-from _stack import ROOT, Stack, remove_containers
+from _stack import ROOT, Stack, call_json, remove_containers
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
@@ -505,11 +505,7 @@ class Bench:
     # --- through the services ---
 
     async def _call(self, method: str, url: str, **kwargs: Any) -> Any:
-        async with self.session.request(method, url, **kwargs) as resp:
-            body = await resp.read()
-            if resp.status != 200:
-                raise RuntimeError(f"{method} {url}: {resp.status} {body[:300]!r}")
-            return json.loads(body) if body else None
+        return await call_json(self.session, method, url, **kwargs)
 
     async def submit(self, short: str, a: int, b: int) -> str:
         """Create a run, provision both inputs and ask for RUNNING; the run id."""

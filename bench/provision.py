@@ -81,7 +81,7 @@ import aiohttp
 import psutil  # type: ignore[import-untyped, unused-ignore]
 from _images import add_manifest_and_config
 from _machine import table, verdict
-from _stack import ROOT, Stack
+from _stack import ROOT, FileForm, Stack, call_json
 
 from shared.s3blobstore import S3BlobStore, S3Config
 
@@ -421,11 +421,7 @@ class Bench:
         self.storage = f"{stack.url('storage')}{P}"
 
     async def _call(self, method: str, url: str, **kwargs: Any) -> Any:
-        async with self.session.request(method, url, **kwargs) as resp:
-            body = await resp.read()
-            if resp.status != 200:
-                raise RuntimeError(f"{method} {url}: {resp.status} {body[:300]!r}")
-            return json.loads(body) if body else None
+        return await call_json(self.session, method, url, **kwargs)
 
     async def register(self) -> None:
         form = aiohttp.FormData()
@@ -452,28 +448,16 @@ class Bench:
 
     async def provision(self, run: str, source: Path, started: float) -> dict[str, float]:
         """POST the file as part 1 of a multipart body streamed from disk; the time it was all sent."""
-        boundary = uuid.uuid4().hex
-        head = (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{source.name}"\r\n'
-            "Content-Type: image/tiff\r\n\r\n"
-        ).encode()
-        tail = f"\r\n--{boundary}--\r\n".encode()
+        form = FileForm(source, field="file", content_type="image/tiff")
         marks: dict[str, float] = {}
 
         async def body() -> AsyncIterator[bytes]:
-            yield head
-            with source.open("rb") as f:
-                while chunk := await asyncio.to_thread(f.read, READ):
-                    yield chunk
-            yield tail
+            async for chunk in form.chunks():
+                yield chunk
             marks["sent"] = time.perf_counter() - started  # aiohttp asks for more once the tail is written
 
-        headers = {
-            "Content-Type": f"multipart/form-data; boundary={boundary}",
-            "Content-Length": str(len(head) + source.stat().st_size + len(tail)),
-        }
         await self._call(
-            "POST", f"{self.storage}/task-runs/{run}/input-provisions/{PARAM}", data=body(), headers=headers
+            "POST", f"{self.storage}/task-runs/{run}/input-provisions/{PARAM}", data=body(), headers=form.headers
         )
         return marks
 

@@ -29,7 +29,6 @@ import tempfile
 import time
 import uuid
 import zipfile
-from collections.abc import AsyncIterator
 
 import aiohttp
 import asyncpg
@@ -41,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench._images import add_manifest_and_config  # noqa: E402
 from bench._machine import code_lines, host_lines, print_lines  # noqa: E402
+from bench._stack import FileForm  # noqa: E402
 from tests.descriptors import descriptor, params  # noqa: E402
 
 DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -110,12 +110,6 @@ def time_cp(bundle: pathlib.Path, target: pathlib.Path) -> float:
     return elapsed
 
 
-async def file_body(path: pathlib.Path) -> AsyncIterator[bytes]:
-    with path.open("rb") as f:
-        while chunk := await asyncio.to_thread(f.read, 4 * MIB):
-            yield chunk
-
-
 async def upload(url: str, bundle: pathlib.Path, proc: psutil.Process) -> tuple[float, int, int]:
     """Seconds to 200, the registry's peak RSS during it, and the HTTP status."""
     peak = proc.memory_info().rss
@@ -129,29 +123,12 @@ async def upload(url: str, bundle: pathlib.Path, proc: psutil.Process) -> tuple[
             await asyncio.sleep(0.02)
 
     sampler = asyncio.create_task(sample())
-    boundary = uuid.uuid4().hex
-    head = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="task"; filename="bundle.zip"\r\n'
-        "Content-Type: application/zip\r\n\r\n"
-    ).encode()
-    tail = f"\r\n--{boundary}--\r\n".encode()
-
-    async def body() -> AsyncIterator[bytes]:
-        yield head
-        async for chunk in file_body(bundle):
-            yield chunk
-        yield tail
-
-    length = len(head) + bundle.stat().st_size + len(tail)
+    form = FileForm(bundle, field="task", content_type="application/zip", filename="bundle.zip")
     started = time.perf_counter()
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3600)) as session,
-            session.post(
-                url,
-                data=body(),
-                headers={"Content-Type": f"multipart/form-data; boundary={boundary}", "Content-Length": str(length)},
-            ) as resp,
+            session.post(url, data=form.chunks(), headers=form.headers) as resp,
         ):
             await resp.read()
             status = resp.status
