@@ -230,21 +230,15 @@ class Provisioning:
                 index = "/".join(map(str, indexes))
                 return {"index": f"{param.name}/{index}", "taskRunId": str(ctx.run_id)}
             key = self.s.inputs_key(ctx, param.name)
-            await self.s.clear(key)
             await self.s.blobs.delete(f"{key}.geojson")
-            digests = []
-            size = 0
             if dicom is None and received_sha256 is not None:
+                await self.s.clear(key)
                 size = await self.s.blobs.adopt(key, received)
-                digests.append(("", received_sha256))
+                digest = checksum([("", received_sha256)])
             else:
-                for path, source in local.items():
-                    info = await self.s.blobs.put_file(f"{key}/{path}" if path else key, source)
-                    digests.append((path, info.sha256))
-                    size += info.size
+                size, digest = await self.s.replace(key, (), local)
             if sidecar is not None:
                 await self.s.blobs.put_file(f"{key}.geojson", sidecar)
-            digest = checksum(digests)
             command = ProvisionInput(parameter=param.name, kind=InputKind.FILE, size=size, checksum=digest)
             await self.s.execute_all(ctx, [command], conn)
         return {"parameterName": param.name, "taskRunId": str(ctx.run_id)}
