@@ -64,8 +64,12 @@ async def _retrying(what: str, attempt: Callable[[], Awaitable[object]]) -> obje
     raise AssertionError("unreachable")
 
 
-def postgres_ctx(settings: CommonSettings) -> CleanupCtx:
-    """Pool, migrations, the event store and the run log."""
+def postgres_ctx(settings: CommonSettings, name: str) -> CleanupCtx:
+    """Pool, migrations, the event store and the run log.
+
+    The sessions carry ``application_name`` = the service's name, so ``pg_stat_activity`` and
+    the server's log say which service a query came from.
+    """
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         schema = check_schema_name(settings.database_schema)
@@ -77,6 +81,7 @@ def postgres_ctx(settings: CommonSettings) -> CleanupCtx:
                 max_size=settings.database_pool_size,
                 timeout=5,
                 reset=keep_session,
+                server_settings={"application_name": f"appengine-{name}"},
             )
             assert pool is not None
             return pool
@@ -265,12 +270,13 @@ async def essential_task(
             app[ESSENTIAL].pop(name, None)
 
 
-def relay_ctx(settings: CommonSettings) -> CleanupCtx:
+def relay_ctx(settings: CommonSettings, name: str) -> CleanupCtx:
     """The outbox relay; active in at most one process at a time (advisory lock)."""
+    server_settings = {"application_name": f"appengine-{name}-relay"}
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         relay = Relay(
-            lambda: asyncpg.connect(settings.database_url, timeout=5),
+            lambda: asyncpg.connect(settings.database_url, timeout=5, server_settings=server_settings),
             settings.database_schema,
             app[JETSTREAM],
             app[SUBJECTS],
@@ -285,10 +291,10 @@ def relay_ctx(settings: CommonSettings) -> CleanupCtx:
 
 def infrastructure(app: web.Application, settings: CommonSettings, name: str) -> None:
     """Register PostgreSQL, NATS and (if enabled) the relay, in dependency order."""
-    app.cleanup_ctx.append(postgres_ctx(settings))
+    app.cleanup_ctx.append(postgres_ctx(settings, name))
     app.cleanup_ctx.append(nats_ctx(settings, name))
     if settings.relay_enabled:
-        app.cleanup_ctx.append(relay_ctx(settings))
+        app.cleanup_ctx.append(relay_ctx(settings, name))
 
 
 class Shutdown:
