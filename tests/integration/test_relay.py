@@ -107,10 +107,19 @@ async def test_committed_events_reach_jetstream_once_in_order(
         for k in range(10):
             for run_id in runs:
                 await runlog.execute(run_id, ProvisionInput(parameter=PARAMS[k % 3]))
+        committed = await store.read_all(limit=10_000)
         # poll_interval is 5 s: reaching NATS sooner proves the relay is woken by the commit
-        await eventually(lambda: _empty(store), within=4, what="outbox drained on wake-up")
-    committed = await store.read_all(limit=10_000)
+        await eventually(
+            lambda: _published(js, subjects.events_stream, len(committed)), within=4, what="events on JetStream"
+        )
+        # confirmed positions leave the outbox with the next read: the next wake-up here
+        await wake()
+        await eventually(lambda: _empty(store), within=4, what="confirmed positions deleted on the next wake-up")
     assert_exactly_once_in_order(await stream_events(js, subjects.events_stream), committed)
+
+
+async def _published(js: JetStreamContext, stream: str, count: int) -> bool:
+    return (await js.stream_info(stream)).state.messages >= count
 
 
 async def test_without_wake_ups_the_relay_still_polls(
