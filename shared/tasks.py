@@ -2,7 +2,9 @@
 
 A task is live when it has a ``registered`` event and no ``deleted`` one. Its descriptor is read
 once from the blob store (``tasks/<id>/descriptor.yml``, written by the registry) and cached:
-a registered task's descriptor never changes.
+a registered task's registration and descriptor never change. Whether it is still live is read
+from the log whenever a caller needs a live task (``by_id``, ``by_name``); the views of a run's
+task (``registration``) do not ask.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
 
     registered: TaskRegistered
     descriptor: Descriptor | None
-    deleted: bool = False
 
     @property
     def id(self) -> uuid.UUID:
@@ -34,42 +35,67 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class TaskDirectory:
+    """Tasks by id or name. Registrations and descriptors never change, so they are cached; only
+    whether a task is still live (not deleted) is asked of the log each time it matters."""
+
     def __init__(self, store: EventStore, blobs: BlobStore) -> None:
         self._store = store
         self._blobs = blobs
         self._descriptors: dict[uuid.UUID, Descriptor] = {}
+        self._registrations: dict[uuid.UUID, TaskRegistered] = {}
         s = store.schema
         self._sql_by_name = (
-            f"SELECT e.aggregate_id FROM {s}.events e WHERE e.aggregate = 'task' AND e.type = 'registered' "
+            f"SELECT e.payload::text FROM {s}.events e WHERE e.aggregate = 'task' AND e.type = 'registered' "
             "AND e.payload->>'namespace' = $1 AND e.payload->>'version' = $2 AND NOT EXISTS "
             f"(SELECT 1 FROM {s}.events d WHERE d.aggregate_id = e.aggregate_id AND d.type = 'deleted') "
             "ORDER BY e.position DESC LIMIT 1"
         )
 
-    async def by_id(self, task_id: uuid.UUID, *, include_deleted: bool = False) -> Task | None:
-        """The live task with this id (or also a deleted one, with ``include_deleted``)."""
+    async def by_id(self, task_id: uuid.UUID) -> Task | None:
+        """The live task with this id: registered, not deleted, its descriptor still readable."""
         registered: TaskRegistered | None = None
-        deleted = False
         for stored in await self._store.read(task_id):
             if stored.aggregate != "task":
                 return None
             event = _decoder.decode(stored.data)
-            if isinstance(event, TaskRegistered):
-                registered = event
-            else:
-                deleted = True
-        if registered is None or (deleted and not include_deleted):
+            if not isinstance(event, TaskRegistered):
+                return None  # deleted
+            registered = event
+        if registered is None:
             return None
-        descriptor = await self._descriptor(task_id)
-        if descriptor is None and not include_deleted:
-            return None
-        return Task(registered=registered, descriptor=descriptor, deleted=deleted)
+        self._registrations[task_id] = registered
+        descriptor = await self.descriptor(task_id)
+        return None if descriptor is None else Task(registered=registered, descriptor=descriptor)
 
     async def by_name(self, namespace: str, version: str) -> Task | None:
-        task_id = await self._store.pool.fetchval(self._sql_by_name, namespace, version)
-        return None if task_id is None else await self.by_id(task_id)
+        """The live task ``namespace/version`` (the newest registration, should there be several)."""
+        payload = await self._store.pool.fetchval(self._sql_by_name, namespace, version)
+        if payload is None:
+            return None
+        registered = _decoder.decode(payload)
+        assert isinstance(registered, TaskRegistered)
+        self._registrations[registered.task_id] = registered
+        descriptor = await self.descriptor(registered.task_id)
+        return None if descriptor is None else Task(registered=registered, descriptor=descriptor)
 
-    async def _descriptor(self, task_id: uuid.UUID) -> Descriptor | None:
+    async def registration(self, task_id: uuid.UUID) -> Task | None:
+        """The task as it was registered, deleted since or not: what a run's task was. The
+        descriptor is None when the task was deleted before this process first read it."""
+        registered = self._registrations.get(task_id)
+        if registered is None:
+            for stored in await self._store.read(task_id):
+                if stored.aggregate != "task":
+                    return None
+                event = _decoder.decode(stored.data)
+                if isinstance(event, TaskRegistered):
+                    registered = event
+            if registered is None:
+                return None
+            self._registrations[task_id] = registered
+        return Task(registered=registered, descriptor=await self.descriptor(task_id))
+
+    async def descriptor(self, task_id: uuid.UUID) -> Descriptor | None:
+        """The task's descriptor (read once from the blob store); None once its files are gone."""
         cached = self._descriptors.get(task_id)
         if cached is not None:
             return cached

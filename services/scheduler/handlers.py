@@ -89,7 +89,7 @@ class Scheduler:
 
     async def task_of(self, state: RunState) -> Task:
         assert state.task_id is not None
-        task = await self.tasks.by_id(state.task_id, include_deleted=True)
+        task = await self.tasks.registration(state.task_id)
         if task is None:
             raise TaskNotFound(str(state.task_id))
         return task
@@ -127,19 +127,21 @@ class Scheduler:
         desired = body.get("desired") if isinstance(body, dict) else None
         if not isinstance(desired, str) or desired not in RunStatus.__members__:
             raise BadStateRequest()
-        state = await self.get(run_id)
-        if desired == RunStatus.FINISHED:
-            raise InvalidRunState("a run finishes only when its execution ends")
-        if desired not in (RunStatus.PROVISIONED, RunStatus.RUNNING):
-            raise UnknownDesiredState()
         command = MarkProvisioned() if desired == RunStatus.PROVISIONED else RequestRun()
-        # looked up before taking the lock: a lock holder must not need a second pool connection
-        descriptor = (await self.task_of(state)).descriptor if isinstance(command, RequestRun) else None
         # under the run's lock: a provision in progress ends (and is counted) before the run moves on
         async with self.runlog.exclusive(run_id) as conn:
             state = await self.get(run_id, conn=conn)
-            if descriptor is not None and state.status is RunStatus.PROVISIONED:
-                await self._check_matching_inputs(state, descriptor)
+            if desired == RunStatus.FINISHED:
+                raise InvalidRunState("a run finishes only when its execution ends")
+            if desired not in (RunStatus.PROVISIONED, RunStatus.RUNNING):
+                raise UnknownDesiredState()
+            if isinstance(command, RequestRun) and state.status is RunStatus.PROVISIONED:
+                # the descriptor comes from this process's cache or the blob store, never from a
+                # second pool connection, which a lock holder must not wait for
+                assert state.task_id is not None
+                descriptor = await self.tasks.descriptor(state.task_id)
+                if descriptor is not None:
+                    await self._check_matching_inputs(state, descriptor)
             state, _ = await self.runlog.execute(run_id, command, state=state, conn=conn)
         return state
 

@@ -46,7 +46,7 @@ class Collection:
 
     async def begin(self, run_id: str) -> RunContext | dict[str, Any]:
         """The run to collect, or the answer already due (terminal run: nothing to do)."""
-        ctx = await self.s.context(run_id)
+        ctx = await self.s.context(run_id, live_task=False)
         if ctx.state.terminal:
             assert ctx.state.status is not None
             return {"state": ctx.state.status.value, "errors": []}

@@ -113,8 +113,13 @@ class Storage:
         self.blobs = blobs
         self.limits = limits
 
-    async def context(self, run_id: str) -> RunContext:
-        """The live run (RunNotFound for malformed or unknown ids) and its task's descriptor."""
+    async def context(self, run_id: str, *, live_task: bool = True) -> RunContext:
+        """The live run (RunNotFound for malformed or unknown ids) and its task's descriptor.
+
+        ``live_task``: the task must not be deleted (clients' requests). The executor's exchange
+        of a run under way passes False and saves the read: the run is already past that check,
+        and a deletion cancels it anyway.
+        """
         try:
             parsed = uuid.UUID(run_id)
         except ValueError:
@@ -122,10 +127,14 @@ class Storage:
         state = await self.runlog.load(parsed)
         if not state.exists or state.deleted or state.task_id is None:
             raise RunNotFound()
-        task = await self.tasks.by_id(state.task_id)
-        if task is None or task.descriptor is None:
+        if live_task:
+            task = await self.tasks.by_id(state.task_id)
+            descriptor = None if task is None else task.descriptor
+        else:
+            descriptor = await self.tasks.descriptor(state.task_id)
+        if descriptor is None:
             raise e.Missing("APPE-internal-task-not-found", "Task not found.")
-        return RunContext(state=state, descriptor=task.descriptor)
+        return RunContext(state=state, descriptor=descriptor)
 
     @staticmethod
     def require_provisionable(ctx: RunContext) -> None:

@@ -187,7 +187,7 @@ class Reading:
         tar starts with the folder itself and each of ``empty``: one archive extracted at ``/``
         makes the input folder with the inputs and the (empty) output folder, all 0777.
         """
-        ctx = await self.s.context(run_id)
+        ctx = await self.s.context(run_id, live_task=False)
         if ctx.state.status not in EXECUTING:
             raise e.state_refused()
         prefix = self.s.inputs_key(ctx)
