@@ -40,7 +40,7 @@ from services.executor.runtime import (
 )
 from services.executor.settings import ExecutorSettings
 from services.executor.storage import StorageClient
-from services.executor.tasklogs import LiveLog, store_log
+from services.executor.tasklogs import LiveLog
 from shared.blobstore import BlobStore
 from shared.contracts import RunJob, Subjects
 from shared.domain.decide import CheckTimeout, Command, FailRun, RetryRun, StartRun, TakeRun
@@ -162,8 +162,14 @@ class Executor:
                 return await self._end(
                     run_id, FailRun(code=FailureCode.TASK_DELETED, message="task deleted", stage=FailureStage.PREPARE)
                 )
-            await self.ensure_image(task)
-            container_id = await self.engine.create(self._spec(state, task))
+            spec = self._spec(state, task)
+            try:
+                container_id = await self.engine.create(spec)
+            except ContainerGone:
+                # the engine answers 404 for an image it lacks (asking first would cost every
+                # run a request): load it from the blob store, then create
+                await self.ensure_image(task)
+                container_id = await self.engine.create(spec)
             registered = task.registered
             # one archive call: each costs the engine a helper process (about 100 ms of CPU)
             async with self.storage.inputs(run_id, registered.input_folder, registered.output_folder) as inputs:
@@ -212,24 +218,27 @@ class Executor:
             self.engine, self.nc, self.subjects, run_id, container_id, self.settings.log_cap_bytes, since=since
         )
         try:
-            async with owned_task(f"logs-{run_id}", live.run()) as pump:
-                stopped_for = await self._wait_or_stop(state, container_id)
-                status = await self.engine.inspect(container_id)
-                # the engine ends the followed log at exit; give the last lines a moment to arrive
-                await asyncio.wait({pump}, timeout=5)
-        except Retryable as exc:
-            await self._remove_quietly(container_id)
-            return await self._hand_back(run_id, exc)
-        ran_until = time.monotonic()
+            try:
+                async with owned_task(f"logs-{run_id}", live.run()) as pump:
+                    stopped_for = await self._wait_or_stop(state, container_id)
+                    status = await self.engine.inspect(container_id)
+                    # the engine ends the followed log at exit; give the last lines a moment to arrive
+                    await asyncio.wait({pump}, timeout=5)
+            except Retryable as exc:
+                await self._remove_quietly(container_id)
+                return await self._hand_back(run_id, exc)
+            ran_until = time.monotonic()
+            if stopped_for != "superseded":
+                await live.store(self.blobs)
+        finally:
+            live.close()
         try:
             if stopped_for == "superseded":
                 outcome = self._count("superseded")
+            elif isinstance(stopped_for, FailureCode):
+                outcome = await self._end_cancelled(run_id, FailureStage.EXECUTE, status.exit_code, stopped_for)
             else:
-                await store_log(self.engine, self.blobs, run_id, container_id, self.settings.log_cap_bytes)
-                if isinstance(stopped_for, FailureCode):
-                    outcome = await self._end_cancelled(run_id, FailureStage.EXECUTE, status.exit_code, stopped_for)
-                else:
-                    outcome = await self._conclude(run_id, container_id, task, status, list(live.tail))
+                outcome = await self._conclude(run_id, container_id, task, status, list(live.tail))
         except Retryable as exc:
             outcome = await self._hand_back(run_id, exc)
         # not on cancellation (shutdown): the exited container waits for the restarted executor
