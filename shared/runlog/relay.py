@@ -78,14 +78,17 @@ class Relay:
         self._wake_source = wake_source
         self._wake = asyncio.Event()
         self.active = False
-        # a data-modifying WITH runs whether or not the query reads it; the read sees the table
-        # as before the delete (one snapshot), hence the explicit exclusion
+        # A data-modifying WITH runs whether or not the query reads it; the read sees the table
+        # as before the delete (one snapshot), hence the explicit exclusion. The events are
+        # fetched by the positions the outbox names, not joined: a join let the planner merge
+        # the outbox with the whole events index from its first position, a cost that grew
+        # with the history (2.6 ms per batch at 12,000 events against 0.5 for this form).
         self._sql_batch = (
             f"WITH done AS (DELETE FROM {schema}.outbox WHERE position = ANY($2::bigint[])) "
             "SELECT e.event_id, e.aggregate, e.aggregate_id, e.seq, e.position, e.type, e.occurred_at, "
-            f"e.recorded_at, e.state, e.payload::text AS payload FROM {schema}.outbox o "
-            f"JOIN {schema}.events e ON e.position = o.position WHERE o.position <> ALL($2::bigint[]) "
-            "ORDER BY o.position LIMIT $1"
+            f"e.recorded_at, e.state, e.payload::text AS payload FROM {schema}.events e "
+            f"WHERE e.position = ANY(ARRAY(SELECT o.position FROM {schema}.outbox o "
+            "WHERE o.position <> ALL($2::bigint[]) ORDER BY o.position LIMIT $1)) ORDER BY e.position"
         )
         self._sql_done = f"DELETE FROM {schema}.outbox WHERE position = ANY($1::bigint[])"
         # confirmed on JetStream, still in the outbox: deleted by the next batch's query

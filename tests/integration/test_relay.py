@@ -251,3 +251,29 @@ async def test_relays_killed_and_nats_restarted_lose_nothing(
             p.wait()
         await nc.close()
         server.kill()
+
+
+async def test_a_batch_read_costs_the_same_whatever_the_size_of_the_history(
+    store: EventStore, js: JetStreamContext, subjects: Subjects, database_url: str, schema: str
+) -> None:
+    """The outbox names a few recent positions of a long history: reading them must touch a few
+    pages, not walk the events from the first (a merge join did, and every drain grew with the
+    log)."""
+    relay = Relay(connect_factory(database_url), schema, js, subjects)
+    await store.pool.execute(
+        f"INSERT INTO {schema}.events (event_id, aggregate, aggregate_id, seq, type, occurred_at, state, payload) "
+        "SELECT gen_random_uuid(), 'run', gen_random_uuid(), 1, 'created', now(), 'CREATED', '{}'::jsonb "
+        "FROM generate_series(1, 20000)"
+    )
+    await store.pool.execute(
+        f"INSERT INTO {schema}.outbox SELECT position FROM {schema}.events ORDER BY position DESC LIMIT 3"
+    )
+    await store.pool.execute(f"ANALYZE {schema}.events")
+    sql = relay._sql_batch.replace("$1", "1000").replace("$2::bigint[]", "'{}'::bigint[]")
+    plan = await store.pool.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}")
+    rows = await store.pool.fetch(relay._sql_batch, 1000, [])
+    top = msgspec.json.decode(plan)[0]["Plan"]
+    pages = top["Shared Hit Blocks"] + top["Shared Read Blocks"]
+    assert len(rows) == 3
+    # 20,000 events span about 250 pages of heap and 60 of the position index
+    assert pages < 40, f"a batch of 3 touched {pages} pages"
