@@ -25,6 +25,9 @@ from typing import BinaryIO, Protocol
 import msgspec
 
 CHUNK = 1024 * 1024
+# reads and writes up to this size go straight to the page cache from the event loop: a thread
+# hop costs more CPU than the copy (most blobs are input and output values of a few bytes)
+INLINE = 64 * 1024
 _KEY = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
 
 
@@ -98,6 +101,12 @@ async def _file_chunks(path: pathlib.Path, offset: int = 0, length: int | None =
     remaining = length
     with path.open("rb") as f:
         f.seek(offset)
+        wanted = max(0, os.fstat(f.fileno()).st_size - offset) if remaining is None else remaining
+        if wanted <= INLINE:
+            data = f.read(wanted)
+            if data:
+                yield data
+            return
         while remaining is None or remaining > 0:
             want = CHUNK if remaining is None else min(CHUNK, remaining)
             data = await asyncio.to_thread(f.read, want)
@@ -129,7 +138,10 @@ class LocalBlobStore:
                 async for chunk in chunks:
                     digest.update(chunk)
                     size += len(chunk)
-                    await asyncio.to_thread(f.write, chunk)
+                    if len(chunk) <= INLINE:
+                        f.write(chunk)
+                    else:
+                        await asyncio.to_thread(f.write, chunk)
                 await asyncio.to_thread(_flush, f)
             os.replace(tmp, target)
         except BaseException:

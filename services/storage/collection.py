@@ -102,7 +102,8 @@ class Collection:
         for output in collected:
             key = self.s.outputs_key(ctx, output.parameter)
             for rel, local in output.files:
-                await self.s.blobs.put_file(f"{key}/{rel}" if rel else key, pathlib.Path(local))
+                # the unpacked file is ours and goes with the folder anyway: moved, not copied
+                await self.s.blobs.adopt(f"{key}/{rel}" if rel else key, pathlib.Path(local))
             records.append(OutputRecord(parameter=output.parameter, size=output.size, checksum=output.checksum))
         return records
 
