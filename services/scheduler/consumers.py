@@ -13,7 +13,9 @@ command (a domain error), which is acknowledged and dropped; a job published twi
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -96,20 +98,34 @@ async def _pull(sub: JetStreamContext.PullSubscription, durable: str, handle: Ha
 class Reactions:
     """The handlers behind the consumers."""
 
+    # runs whose task this process learnt at admission (a run's task never changes)
+    KNOWN_TASKS = 10_000
+
     def __init__(self, scheduler: Scheduler, js: JetStreamContext, subjects: Subjects) -> None:
         self.scheduler = scheduler
         self.js = js
         self.subjects = subjects
+        self._task_of_run: collections.OrderedDict[uuid.UUID, uuid.UUID] = collections.OrderedDict()
 
     async def admit(self, event: StoredEvent) -> None:
         timeout = self.scheduler.settings.queue_timeout
-        await self.scheduler.runlog.execute(event.aggregate_id, MarkQueued(queue_timeout_seconds=timeout))
+        state, _ = await self.scheduler.runlog.execute(event.aggregate_id, MarkQueued(queue_timeout_seconds=timeout))
+        if state.task_id is not None:
+            self._task_of_run[state.run_id] = state.task_id
+            if len(self._task_of_run) > self.KNOWN_TASKS:
+                self._task_of_run.popitem(last=False)
 
     async def dispatch(self, event: StoredEvent) -> None:
-        state = await self.scheduler.runlog.load(event.aggregate_id)
-        if state.terminal or state.task_id is None:
-            return
-        job = RunJob(run_id=event.aggregate_id, task_id=state.task_id, queued_seq=event.seq)
+        # the job needs the run's task: known from admission in this process, else from the log.
+        # A run that ended meanwhile still gets its job; the executor drops it (not QUEUED at
+        # the job's sequence), so the load is not needed to tell
+        task_id = self._task_of_run.pop(event.aggregate_id, None)
+        if task_id is None:
+            state = await self.scheduler.runlog.load(event.aggregate_id)
+            if state.terminal or state.task_id is None:
+                return
+            task_id = state.task_id
+        job = RunJob(run_id=event.aggregate_id, task_id=task_id, queued_seq=event.seq)
         await self.js.publish(self.subjects.jobs, _encoder.encode(job), headers={"Nats-Msg-Id": job.msg_id})
         log.info("run.dispatched", run_id=str(job.run_id), seq=job.queued_seq)
 
