@@ -825,8 +825,10 @@ class RelayStats(msgspec.Struct):
     """What the relay child did, timed (printed as JSON on its stdout when it stops)."""
 
     rounds: list[tuple[int, float]] = msgspec.field(default_factory=list)  # (events, seconds)
-    selects: list[float] = msgspec.field(default_factory=list)  # outbox batch query, seconds
-    deletes: list[float] = msgspec.field(default_factory=list)  # outbox DELETE (own commit), seconds
+    # the batch statement: deletes the previous batch's confirmed positions and reads the next
+    selects: list[float] = msgspec.field(default_factory=list)  # seconds
+    # a DELETE of its own: only the courtesy delete when a relay session ends (since 7f975db)
+    deletes: list[float] = msgspec.field(default_factory=list)  # seconds
     empty_rounds: int = 0  # woken, found nothing to publish
     cpu_seconds: float = 0.0
 
@@ -1059,13 +1061,13 @@ def report_relay_stats(label: str, st: RelayStats) -> None:
             f"{st.empty_rounds} woken for nothing; relay process CPU {st.cpu_seconds:.2f} s in all"
         )
         for name, ms in (
-            ("round (select+publish+delete)", per_round),
-            ("outbox SELECT", sel),
+            ("round (statement + publishes)", per_round),
+            ("outbox DELETE done + SELECT next", sel),
             ("outbox DELETE (its own commit)", dele),
         ):
             if ms:
                 print(
-                    f"  {name:<31} p50 {pct(ms, 50):6.2f}  p90 {pct(ms, 90):6.2f}  p99 {pct(ms, 99):6.2f}  "
+                    f"  {name:<33} p50 {pct(ms, 50):6.2f}  p90 {pct(ms, 90):6.2f}  p99 {pct(ms, 99):6.2f}  "
                     f"max {max(ms):7.2f} ms"
                 )
 
