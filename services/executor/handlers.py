@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import pathlib
 import time
 import uuid
 from collections.abc import Awaitable, Coroutine
@@ -89,6 +90,9 @@ class Executor:
         self.subjects = subjects
         self.metrics = metrics
         self._active: dict[uuid.UUID, asyncio.Task[str]] = {}
+        # where a run's log spills from memory until it is stored (not /tmp, often a small tmpfs)
+        self.spool_dir = pathlib.Path(settings.data_dir) / "tmp" / "executor"
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
 
     @property
     def active_runs(self) -> frozenset[uuid.UUID]:
@@ -215,12 +219,20 @@ class Executor:
         """Follow a started container to its exit, enforcing cancellation and the time limit."""
         run_id = state.run_id
         live = LiveLog(
-            self.engine, self.nc, self.subjects, run_id, container_id, self.settings.log_cap_bytes, since=since
+            self.engine,
+            self.nc,
+            self.subjects,
+            run_id,
+            container_id,
+            self.settings.log_cap_bytes,
+            self.spool_dir,
+            since=since,
         )
         try:
             try:
                 async with owned_task(f"logs-{run_id}", live.run()) as pump:
                     stopped_for = await self._wait_or_stop(state, container_id)
+                    exit_seen = time.monotonic()
                     status = await self.engine.inspect(container_id)
                     # the engine ends the followed log at exit; give the last lines a moment to arrive
                     await asyncio.wait({pump}, timeout=5)
@@ -229,7 +241,7 @@ class Executor:
                 return await self._hand_back(run_id, exc)
             ran_until = time.monotonic()
             if stopped_for != "superseded":
-                await live.store(self.blobs)
+                await live.store(self.blobs, exit_seen)
         finally:
             live.close()
         try:

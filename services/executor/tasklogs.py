@@ -2,16 +2,19 @@
 
 Both are capped by ``LOG_CAP_BYTES`` and say so in the log when the cap is hit. The blob is
 written once the container has exited (before the run's final event). It is written from the
-lines the live follow saw when that follow saw them all, from the container's start to the end
-of its output; otherwise (an adopted run, whose earlier lines went by before this process, or a
-follow cut short) from the engine's copy of the log, read again. Either way the blob is complete.
+lines the live follow saw when that follow saw them all, from the container's start to its exit;
+otherwise (an adopted run, whose earlier lines went by before this process; a follow that broke
+or ended well before the exit) from the engine's copy of the log, read again. Writing the log
+never decides how a run ends: a failure to write it is logged and the run goes on.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import pathlib
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -31,6 +34,9 @@ _encoder = msgspec.json.Encoder()
 _CHUNK = 64 * 1024
 # a record's lines stay in memory up to this size, then go to a temporary file
 _IN_MEMORY = 1024 * 1024
+# the engine ends a followed log as the container stops, a moment before a wait for the exit
+# returns; a follow that ended longer before the exit was seen ended early, and may lack lines
+_EARLY_END = 1.0
 
 
 def cap_notice(cap: int) -> str:
@@ -39,13 +45,19 @@ def cap_notice(cap: int) -> str:
 
 class LogRecord:
     """A run's log as stored: the lines as printed, newline-ended, at most ``cap`` bytes of them,
-    then the cap notice."""
+    then the cap notice. ``keep=False`` only counts (the cap of the live lines of an adopted run,
+    whose blob comes from the engine); kept bytes spill from memory into ``spool_dir``."""
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, spool_dir: pathlib.Path | None = None, *, keep: bool = True) -> None:
         self._cap = cap
-        self._file = tempfile.SpooledTemporaryFile(max_size=_IN_MEMORY)  # noqa: SIM115 (closed by close())
+        self._file: tempfile.SpooledTemporaryFile[bytes] | None = None
+        if keep:
+            folder = None if spool_dir is None else str(spool_dir)
+            self._file = tempfile.SpooledTemporaryFile(max_size=_IN_MEMORY, dir=folder)  # noqa: SIM115 (closed by close())
         self.size = 0
         self.capped = False
+        # the spool failed (its disk full): the record is not the whole log any more
+        self.lost = False
 
     def add(self, line: str) -> bool:
         """Keep ``line``; False once the cap is reached (the line is then dropped)."""
@@ -54,27 +66,36 @@ class LogRecord:
         data = (line + "\n").encode()
         if self.size + len(data) > self._cap:
             self.capped = True
-            self._file.write((cap_notice(self._cap) + "\n").encode())
+            self._write((cap_notice(self._cap) + "\n").encode())
             return False
-        self._file.write(data)
+        self._write(data)
         self.size += len(data)
         return True
 
+    def _write(self, data: bytes) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            log.warning("logs.spool_failed", error=str(exc))
+            self.close()
+            self._file = None
+            self.lost = True
+
     async def _chunks(self) -> AsyncIterator[bytes]:
+        assert self._file is not None
         self._file.seek(0)
         while chunk := self._file.read(_CHUNK):
             yield chunk
 
     async def store(self, blobs: BlobStore, run_id: uuid.UUID) -> None:
-        """Write the record as the run's log blob; a failed write is logged, never raised (a
-        log write never decides how a run ends)."""
-        try:
-            await blobs.put_stream(layout.run_log(run_id), self._chunks())
-        except Exception as exc:  # any backend's failure
-            log.warning("logs.not_stored", run_id=str(run_id), error=str(exc))
+        """Write the record as the run's log blob."""
+        await blobs.put_stream(layout.run_log(run_id), self._chunks())
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 class LiveLog:
@@ -89,6 +110,7 @@ class LiveLog:
         run_id: uuid.UUID,
         container_id: str,
         cap_bytes: int,
+        spool_dir: pathlib.Path | None = None,
         *,
         since: str | None = None,
         tail: int = 20,
@@ -99,12 +121,13 @@ class LiveLog:
         self._run_id = run_id
         self._container_id = container_id
         self._cap = cap_bytes
-        # an adopted run's earlier lines were published (or lost) before: only newer ones go out
+        # an adopted run's earlier lines were published (or lost) before: only newer ones go out,
+        # and its blob comes from the engine's copy, so the record only counts toward the cap
         self._since = since
         self.tail: collections.deque[str] = collections.deque(maxlen=tail)
-        self._record = LogRecord(cap_bytes)
-        # the follow saw every line, start to end: the record is the whole log
-        self.complete = False
+        self._record = LogRecord(cap_bytes, spool_dir, keep=since is None)
+        # when the follow ended on its own (monotonic), having seen every line since the start
+        self._ended_at: float | None = None
 
     async def run(self) -> None:
         """Follow the log until the container exits (the engine then ends the stream)."""
@@ -124,14 +147,29 @@ class LiveLog:
             # live lines are a convenience: the blob is then written from the engine's copy
             log.warning("logs.live_stopped", run_id=str(self._run_id), error=str(exc))
             return
-        self.complete = self._since is None
+        if self._since is None:
+            self._ended_at = time.monotonic()
 
-    async def store(self, blobs: BlobStore) -> None:
-        """Write the run's log blob (once the container has exited and :meth:`run` ended)."""
-        if self.complete:
-            await self._record.store(blobs, self._run_id)
-        else:
-            await store_log(self._engine, blobs, self._run_id, self._container_id, self._cap)
+    def complete(self, exit_seen: float) -> bool:
+        """Whether the record is the whole log, given when the exit was seen (monotonic)."""
+        if self._ended_at is None or self._record.lost:
+            return False
+        if self._ended_at < exit_seen - _EARLY_END:
+            # the engine ended the follow while the task still ran (a log driver's fault)
+            log.warning("logs.follow_ended_early", run_id=str(self._run_id), by=round(exit_seen - self._ended_at, 3))
+            return False
+        return True
+
+    async def store(self, blobs: BlobStore, exit_seen: float) -> None:
+        """Write the run's log blob, once the container has exited (seen at ``exit_seen``,
+        monotonic) and :meth:`run` ended; a failure is logged, never raised."""
+        try:
+            if self.complete(exit_seen):
+                await self._record.store(blobs, self._run_id)
+            else:
+                await store_log(self._engine, blobs, self._run_id, self._container_id, self._cap)
+        except Exception as exc:  # any backend's failure, a full disk
+            log.warning("logs.not_stored", run_id=str(self._run_id), error=str(exc))
 
     def close(self) -> None:
         self._record.close()
@@ -139,18 +177,23 @@ class LiveLog:
 
 async def store_log(engine: Engine, blobs: BlobStore, run_id: uuid.UUID, container_id: str, cap_bytes: int) -> int:
     """Write the container's whole log (stdout and stderr lines, as printed), read from the
-    engine, to the run's log blob; the bytes of lines kept."""
-    record = LogRecord(cap_bytes)
-    try:
-        try:
-            async with contextlib.aclosing(engine.logs(container_id, follow=False)) as logs:
-                async for chunk in logs:
-                    if not record.add(chunk.line):
-                        break
-        except EngineError as exc:
-            log.warning("logs.not_read", run_id=str(run_id), error=str(exc))
-            return 0
-        await record.store(blobs, run_id)
-        return record.size
-    finally:
-        record.close()
+    engine, to the run's log blob, streamed (no spool); the bytes of lines kept. Raises what the
+    engine or the blob store raised; the blob then stays as it was."""
+    record = LogRecord(cap_bytes, keep=False)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        buffer = bytearray()
+        async with contextlib.aclosing(engine.logs(container_id, follow=False)) as logs:
+            async for chunk in logs:
+                if not record.add(chunk.line):
+                    buffer += (cap_notice(cap_bytes) + "\n").encode()
+                    break
+                buffer += (chunk.line + "\n").encode()
+                if len(buffer) >= _CHUNK:
+                    yield bytes(buffer)
+                    buffer.clear()
+        if buffer:
+            yield bytes(buffer)
+
+    await blobs.put_stream(layout.run_log(run_id), chunks())
+    return record.size

@@ -131,10 +131,17 @@ class Relay:
                         async with asyncio.timeout(self._poll_interval):
                             await self._wake.wait()
         finally:
+            cancelled = False
             if self._confirmed and not conn.is_closed():
-                # a courtesy: what stays is republished by the next relay and dropped as a duplicate
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(conn.execute(self._sql_done, self._confirmed, timeout=2))
+                # a courtesy: what stays is republished by the next relay and dropped as a
+                # duplicate. Brief, and a second cancellation (a shutdown's) skips it, not the
+                # cleanup below, which frees the lock
+                try:
+                    await asyncio.shield(conn.execute(self._sql_done, self._confirmed, timeout=0.5))
+                except asyncio.CancelledError:
+                    cancelled = True
+                except Exception:  # the next relay repairs it
+                    pass
             self._confirmed = []
             if wake_sub is not None:
                 with contextlib.suppress(Exception):
@@ -143,8 +150,16 @@ class Relay:
                 ACTIVE.set(0)
                 self.active = False
             # closing the connection is what frees the lock for a standby
-            with contextlib.suppress(Exception):
+            if cancelled:
+                conn.terminate()  # the delete may still be in progress on it: no polite close
+                raise asyncio.CancelledError
+            try:
                 await asyncio.shield(conn.close(timeout=2))
+            except asyncio.CancelledError:
+                conn.terminate()
+                raise
+            except Exception:  # a broken connection is closed anyway
+                pass
 
     async def _wait_for_lock(self, conn: asyncpg.Connection) -> None:
         key = lock_key(self._schema, "relay")

@@ -23,6 +23,7 @@ from shared.contracts import Subjects
 from shared.domain.decide import CreateRun, ProvisionInput
 from shared.runlog.relay import Relay
 from shared.runlog.runs import RunLog
+from shared.runlog.schema import lock_key
 from shared.runlog.store import EventStore, StoredEvent
 from tests.support import NatsServer, eventually
 
@@ -169,8 +170,55 @@ async def test_a_standby_relay_takes_over_when_the_active_one_dies(
     assert_exactly_once_in_order(await stream_events(js, subjects.events_stream), await store.read_all())
 
 
+async def test_a_relay_stopped_twice_while_it_tidies_up_still_frees_the_lock(
+    runlog: RunLog, store: EventStore, js: JetStreamContext, subjects: Subjects, database_url: str, schema: str
+) -> None:
+    """A shutdown cancels, waits a moment, and cancels again: a second cancellation landing in
+    the courtesy delete must not skip the rest of the cleanup (the ``appengine_relay_active``
+    gauge stayed at 1, and the lock's session was left to the garbage collector)."""
+    relay = Relay(connect_factory(database_url), schema, js, subjects, poll_interval=30.0)
+    task = asyncio.create_task(relay.run())
+    blocker = await asyncpg.connect(database_url)
+    try:
+        await eventually(lambda: _active(relay), what="relay active")
+        await new_run(runlog)  # one event, published by the relay's next poll: wake it
+        relay._wake.set()
+        await eventually(lambda: _published(js, subjects.events_stream, 1), within=5, what="event on JetStream")
+        # the relay now holds a confirmed position to delete; make that delete wait on a row lock
+        await blocker.execute("BEGIN")
+        await blocker.fetch(f"SELECT position FROM {schema}.outbox FOR UPDATE")
+        task.cancel()
+        await asyncio.sleep(0.2)  # the relay is in its courtesy delete, blocked
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            async with asyncio.timeout(3):
+                await task
+        assert task.done()
+        assert not relay.active, "a stopped relay still says it is active (appengine_relay_active)"
+        # the row lock held the delete (and its backend) up: once it goes, so must the session
+        await blocker.execute("ROLLBACK")
+        probe = await asyncpg.connect(database_url)
+        try:
+            key = lock_key(schema, "relay")
+            await eventually(lambda: _lock_free(probe, key), within=3, what="the relay's session gone, its lock free")
+        finally:
+            await probe.close()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await blocker.close()
+
+
 async def _active(r: Relay) -> bool:
     return r.active
+
+
+async def _lock_free(conn: asyncpg.Connection, key: int) -> bool:
+    if await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+        await conn.execute("SELECT pg_advisory_unlock($1)", key)
+        return True
+    return False
 
 
 @pytest.mark.slow
