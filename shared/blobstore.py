@@ -138,7 +138,8 @@ class LocalBlobStore:
                 async for chunk in chunks:
                     digest.update(chunk)
                     size += len(chunk)
-                    if len(chunk) <= INLINE:
+                    # a small blob is written on the loop; beyond INLINE bytes in all, in a thread
+                    if size <= INLINE:
                         f.write(chunk)
                     else:
                         await asyncio.to_thread(f.write, chunk)

@@ -10,6 +10,7 @@ never decides how a run ends: a failure to write it is logged and the run goes o
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import pathlib
@@ -84,9 +85,13 @@ class LogRecord:
             self.lost = True
 
     async def _chunks(self) -> AsyncIterator[bytes]:
-        assert self._file is not None
-        self._file.seek(0)
-        while chunk := self._file.read(_CHUNK):
+        f = self._file
+        assert f is not None
+        f.seek(0)
+        if self.size <= _IN_MEMORY:
+            yield f.read()  # still in memory
+            return
+        while chunk := await asyncio.to_thread(f.read, _IN_MEMORY):  # spilled to disk
             yield chunk
 
     async def store(self, blobs: BlobStore, run_id: uuid.UUID) -> None:

@@ -127,14 +127,15 @@ class Scheduler:
         desired = body.get("desired") if isinstance(body, dict) else None
         if not isinstance(desired, str) or desired not in RunStatus.__members__:
             raise BadStateRequest()
+        if desired not in (RunStatus.PROVISIONED, RunStatus.RUNNING):
+            await self.get(run_id)  # an unknown run is 404 first, as upstream; no lock to wait for
+            if desired == RunStatus.FINISHED:
+                raise InvalidRunState("a run finishes only when its execution ends")
+            raise UnknownDesiredState()
         command = MarkProvisioned() if desired == RunStatus.PROVISIONED else RequestRun()
         # under the run's lock: a provision in progress ends (and is counted) before the run moves on
         async with self.runlog.exclusive(run_id) as conn:
             state = await self.get(run_id, conn=conn)
-            if desired == RunStatus.FINISHED:
-                raise InvalidRunState("a run finishes only when its execution ends")
-            if desired not in (RunStatus.PROVISIONED, RunStatus.RUNNING):
-                raise UnknownDesiredState()
             if isinstance(command, RequestRun) and state.status is RunStatus.PROVISIONED:
                 # the descriptor comes from this process's cache or the blob store, never from a
                 # second pool connection, which a lock holder must not wait for
