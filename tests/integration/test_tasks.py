@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import msgspec
+import pytest
 
 from shared import layout
 from shared.blobstore import LocalBlobStore
@@ -64,11 +65,19 @@ async def _delete(store: EventStore, blobs: LocalBlobStore, task_id: uuid.UUID, 
     await blobs.delete(layout.task_descriptor(task_id))
 
 
+@pytest.fixture
+def blobs(tmp_path: pathlib.Path) -> LocalBlobStore:
+    return LocalBlobStore(tmp_path / "blobs")
+
+
+@pytest.fixture
+def tasks(store: EventStore, blobs: LocalBlobStore) -> TaskDirectory:
+    return TaskDirectory(store, blobs)
+
+
 async def test_live_lookups_ask_the_log_and_registrations_outlive_deletion(
-    store: EventStore, tmp_path: pathlib.Path
+    store: EventStore, blobs: LocalBlobStore, tasks: TaskDirectory
 ) -> None:
-    blobs = LocalBlobStore(tmp_path / "blobs")
-    tasks = TaskDirectory(store, blobs)
     task_id = await _register(store, blobs, "org.test.live")
 
     by_name = await tasks.by_name("org.test.live", "1.0.0")
@@ -96,10 +105,8 @@ async def test_live_lookups_ask_the_log_and_registrations_outlive_deletion(
 
 
 async def test_a_newer_registration_of_a_name_wins_and_a_run_is_not_a_task(
-    store: EventStore, tmp_path: pathlib.Path
+    store: EventStore, blobs: LocalBlobStore, tasks: TaskDirectory
 ) -> None:
-    blobs = LocalBlobStore(tmp_path / "blobs")
-    tasks = TaskDirectory(store, blobs)
     first = await _register(store, blobs, "org.test.again")
     await _delete(store, blobs, first, "org.test.again")
     second = await _register(store, blobs, "org.test.again")
