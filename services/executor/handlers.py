@@ -46,7 +46,16 @@ from shared.blobstore import BlobStore
 from shared.contracts import RunJob, Subjects
 from shared.domain.decide import CheckTimeout, Command, FailRun, RetryRun, StartRun, TakeRun
 from shared.domain.errors import DomainError, InvalidRunState
-from shared.domain.events import FailureCode, FailureStage, RunStatus
+from shared.domain.events import (
+    CancelRequested,
+    FailureCode,
+    FailureStage,
+    RunDeleted,
+    RunFailed,
+    RunFinished,
+    RunRetried,
+    RunStatus,
+)
 from shared.domain.state import RunState
 from shared.runlog.runs import RunLog
 from shared.service import owned_task
@@ -57,6 +66,11 @@ log = structlog.get_logger("executor")
 _OWNED = (RunStatus.PENDING, RunStatus.RUNNING)
 # delivering outputs: attempts, while the container (and so the outputs) still exist
 _OUTPUT_ATTEMPTS = 3
+# the events (subjects' last token) after which a watched run may have to stop: cancelled,
+# deleted, ended or handed to another attempt by someone else
+_STOPPING_EVENTS = frozenset(
+    str(e.__struct_config__.tag) for e in (CancelRequested, RunDeleted, RunFailed, RunFinished, RunRetried)
+)
 _MIN_MEMORY = 6 * 1024**2
 
 
@@ -269,7 +283,9 @@ class Executor:
         wake = asyncio.Event()
 
         async def on_event(msg: Msg) -> None:
-            wake.set()
+            # the run's own progress (this executor's pending and started) changes nothing here
+            if msg.subject.rpartition(".")[2] in _STOPPING_EVENTS:
+                wake.set()
 
         sub = await self.nc.subscribe(self.subjects.run_events(run_id), cb=on_event)
         started = time.monotonic()
