@@ -23,6 +23,11 @@ def local_time(value: dt.datetime | None) -> str | None:
     return value.astimezone(dt.UTC).replace(tzinfo=None).isoformat()
 
 
+def java_date(value: dt.datetime | None) -> str | None:
+    """A time as upstream's Jackson writes a ``java.util.Date``: ``2026-01-23T11:13:34.930+00:00``."""
+    return None if value is None else value.astimezone(dt.UTC).isoformat(timespec="milliseconds")
+
+
 def failure_body(state: RunState) -> dict[str, Any] | None:
     if state.failure is None:
         return None
@@ -71,8 +76,10 @@ def task_run_response(state: RunState, task: Task) -> dict[str, Any]:
 
 
 def state_action(state: RunState, task: Task) -> dict[str, Any]:
-    """``StateAction``: the answer to a state action, with the run's real timestamps."""
+    """``StateAction``: the answer to a state action. Upstream's ``Resource`` dates are
+    ``java.util.Date`` (an offset, milliseconds), unlike the run's ``LocalDateTime``; the values
+    are the run's real times, not the time of the answer."""
     resource = task_run(state, task)
-    resource["createdAt"] = local_time(state.created_at)
-    resource["updatedAt"] = local_time(state.updated_at)
+    resource["createdAt"] = java_date(state.created_at)
+    resource["updatedAt"] = java_date(state.updated_at)
     return {"status": "success", "resource": resource}

@@ -4,6 +4,7 @@ dispatch to the work queue, cancellation, deletion, listings, history and the wa
 from __future__ import annotations
 
 import pathlib
+import re
 import uuid
 from typing import Any
 
@@ -93,6 +94,9 @@ async def test_state_action_rules(scheduler: Client, runlog: RunLog, task: dict[
     )
     status, body = await run_action(scheduler, run, {"desired": "PROVISIONED"})
     assert status == 200 and body["resource"]["state"] == "CREATED"  # honest: inputs are missing
+    # StateAction's dates are java.util.Date on the wire, unlike TaskRunResponse's LocalDateTime
+    java_date = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00$")
+    assert java_date.match(body["resource"]["createdAt"]) and java_date.match(body["resource"]["updatedAt"]), body
     for bad in ({"desired": "running"}, {"desired": 3}, {"nope": 1}, [1]):
         assert (await run_action(scheduler, run, bad))[0] == 400
     raw = await scheduler.post(f"{P}/task-runs/{run}/state-actions", data=b"{not json")
