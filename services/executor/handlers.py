@@ -245,8 +245,7 @@ class Executor:
         try:
             try:
                 async with owned_task(f"logs-{run_id}", live.run()) as pump:
-                    stopped_for = await self._wait_or_stop(state, container_id)
-                    exit_seen = time.monotonic()
+                    stopped_for, exit_seen = await self._wait_or_stop(state, container_id)
                     status = await self.engine.inspect(container_id)
                     # the engine ends the followed log at exit; give the last lines a moment to arrive
                     await asyncio.wait({pump}, timeout=5)
@@ -272,10 +271,11 @@ class Executor:
         self.metrics.collect_seconds.observe(time.monotonic() - ran_until)
         return outcome
 
-    async def _wait_or_stop(self, state: RunState, container_id: str) -> FailureCode | str | None:
+    async def _wait_or_stop(self, state: RunState, container_id: str) -> tuple[FailureCode | str | None, float]:
         """Wait for the exit; stop the container when the run is cancelled, times out or is lost.
 
-        Returns ``None`` for an exit on its own, the failure code for a stop by cancellation or
+        Returns why it stopped, and when the engine's wait for the exit returned (monotonic).
+        Why: ``None`` for an exit on its own, the failure code for a stop by cancellation or
         time limit, ``"superseded"`` when the run log no longer gives this container the run.
         Woken by the run's events on NATS, and checks the log every ``WATCH_INTERVAL`` anyway.
         """
@@ -290,6 +290,9 @@ class Executor:
         sub = await self.nc.subscribe(self.subjects.run_events(run_id), cb=on_event)
         started = time.monotonic()
         waiter = asyncio.create_task(self.engine.wait(container_id), name=f"wait-{run_id}")
+        # when the wait returned, not when this loop noticed (it may be in a load or a stop)
+        exited: list[float] = []
+        waiter.add_done_callback(lambda _: exited.append(time.monotonic()))
         stopped_for: FailureCode | str | None = None
         try:
             while not waiter.done():
@@ -321,7 +324,8 @@ class Executor:
                 await waiter
             await sub.unsubscribe()
             self.metrics.run_seconds.observe(time.monotonic() - started)
-        return stopped_for
+        # the callback runs soon after the wait returns, maybe not yet
+        return stopped_for, exited[0] if exited else time.monotonic()
 
     async def _conclude(
         self, run_id: uuid.UUID, container_id: str, task: Task, status: ContainerStatus, tail: list[str]

@@ -17,7 +17,7 @@ import pathlib
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import msgspec
 import structlog
@@ -79,15 +79,29 @@ class LogRecord:
         try:
             self._file.write(data)
         except OSError as exc:
-            log.warning("logs.spool_failed", error=str(exc))
-            self.close()
-            self._file = None
-            self.lost = True
+            self._spool_failed(exc)
 
-    async def _chunks(self) -> AsyncIterator[bytes]:
+    def _spool_failed(self, exc: OSError) -> None:
+        log.warning("logs.spool_failed", error=str(exc))
+        self.close()
+        self._file = None
+        self.lost = True
+
+    def rewind(self) -> bool:
+        """Ready the record to be read from its start: False (and lost) if the spool fails, as
+        the flush of what is buffered does when the disk is full."""
+        if self._file is None:
+            return False
+        try:
+            self._file.seek(0)
+        except OSError as exc:
+            self._spool_failed(exc)
+            return False
+        return True
+
+    async def _chunks(self) -> AsyncGenerator[bytes, None]:
         f = self._file
-        assert f is not None
-        f.seek(0)
+        assert f is not None, "rewind() first"
         if self.size <= _IN_MEMORY:
             yield f.read()  # still in memory
             return
@@ -95,12 +109,15 @@ class LogRecord:
             yield chunk
 
     async def store(self, blobs: BlobStore, run_id: uuid.UUID) -> None:
-        """Write the record as the run's log blob."""
-        await blobs.put_stream(layout.run_log(run_id), self._chunks())
+        """Write the record, rewound, as the run's log blob."""
+        async with contextlib.aclosing(self._chunks()) as chunks:
+            await blobs.put_stream(layout.run_log(run_id), chunks)
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
+            # a full disk fails the flush of what is buffered (the file is closed all the same)
+            with contextlib.suppress(OSError):
+                self._file.close()
 
 
 class LiveLog:
@@ -169,7 +186,7 @@ class LiveLog:
         """Write the run's log blob, once the container has exited (seen at ``exit_seen``,
         monotonic) and :meth:`run` ended; a failure is logged, never raised."""
         try:
-            if self.complete(exit_seen):
+            if self.complete(exit_seen) and self._record.rewind():
                 await self._record.store(blobs, self._run_id)
             else:
                 await store_log(self._engine, blobs, self._run_id, self._container_id, self._cap)
@@ -186,7 +203,7 @@ async def store_log(engine: Engine, blobs: BlobStore, run_id: uuid.UUID, contain
     engine or the blob store raised; the blob then stays as it was."""
     record = LogRecord(cap_bytes, keep=False)
 
-    async def chunks() -> AsyncIterator[bytes]:
+    async def chunks() -> AsyncGenerator[bytes, None]:
         buffer = bytearray()
         async with contextlib.aclosing(engine.logs(container_id, follow=False)) as logs:
             async for chunk in logs:
@@ -200,5 +217,7 @@ async def store_log(engine: Engine, blobs: BlobStore, run_id: uuid.UUID, contain
         if buffer:
             yield bytes(buffer)
 
-    await blobs.put_stream(layout.run_log(run_id), chunks())
+    # closed whatever happens: a failed write must not leave the engine's log stream open
+    async with contextlib.aclosing(chunks()) as stream:
+        await blobs.put_stream(layout.run_log(run_id), stream)
     return record.size

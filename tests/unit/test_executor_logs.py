@@ -7,7 +7,10 @@ early); what a real engine does is covered end to end in tests/integration/test_
 
 from __future__ import annotations
 
+import errno
+import io
 import pathlib
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncGenerator
@@ -101,6 +104,65 @@ async def test_a_full_spool_falls_back_to_the_engine_copy(blobs: LocalBlobStore,
     live.close()
     assert await blob_text(blobs) == "copy\n"
     assert len(nc.messages) == 1200  # the live lines went on
+
+
+class FullDisk(io.RawIOBase):
+    """A spool file on a disk that is full after ``room`` bytes: writes beyond fail (ENOSPC)."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self.data = bytearray()
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        data = bytes(b)
+        if self.pos + len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.data[self.pos : self.pos + len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+    def readinto(self, b: Any) -> int:
+        chunk = self.data[self.pos : self.pos + len(b)]
+        b[: len(chunk)] = chunk
+        self.pos += len(chunk)
+        return len(chunk)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = offset if whence == 0 else (self.pos + offset if whence == 1 else len(self.data) + offset)
+        return self.pos
+
+
+LINE = "x" * 999  # 1,000 bytes with its newline; a record spills to disk past 1,048,576
+
+
+@pytest.mark.parametrize(
+    ("lines", "room", "fails"),
+    [
+        (2000, 1_500_000, "on a write"),
+        # every write fits in the spool's buffer; its flush, as the record is read back, fails
+        (1050, 1_049_500, "on the last flush"),
+    ],
+)
+async def test_a_full_spool_disk_falls_back_to_the_engine_copy(
+    blobs: LocalBlobStore, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, lines: int, room: int, fails: str
+) -> None:
+    monkeypatch.setattr(tempfile, "TemporaryFile", lambda *a, **kw: io.BufferedRandom(FullDisk(room)))
+    live, nc = live_log(ScriptedEngine([LINE] * lines, ["copy"]), tmp_path, cap=4 << 20)
+    await live.run()
+    await live.store(blobs, time.monotonic())
+    live.close()  # nothing left to raise
+    assert await blob_text(blobs) == "copy\n", fails
+    assert len(nc.messages) == lines  # the live lines went on
 
 
 async def test_the_engine_copy_is_capped_and_says_so(blobs: LocalBlobStore, tmp_path: pathlib.Path) -> None:
