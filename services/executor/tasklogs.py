@@ -60,18 +60,24 @@ class LogRecord:
         # the spool failed (its disk full): the record is not the whole log any more
         self.lost = False
 
-    def add(self, line: str) -> bool:
-        """Keep ``line``; False once the cap is reached (the line is then dropped)."""
+    def take(self, line: str) -> bytes:
+        """The bytes ``line`` adds to the stored log, counted: the line, newline-ended; the cap
+        notice for the line that reaches the cap; nothing after it."""
         if self.capped:
-            return False
+            return b""
         data = (line + "\n").encode()
         if self.size + len(data) > self._cap:
             self.capped = True
-            self._write((cap_notice(self._cap) + "\n").encode())
-            return False
-        self._write(data)
+            return (cap_notice(self._cap) + "\n").encode()
         self.size += len(data)
-        return True
+        return data
+
+    def add(self, line: str) -> bool:
+        """Keep ``line``; False once the cap is reached (the line is then dropped)."""
+        data = self.take(line)
+        if data:
+            self._write(data)
+        return not self.capped
 
     def _write(self, data: bytes) -> None:
         if self._file is None:
@@ -207,10 +213,9 @@ async def store_log(engine: Engine, blobs: BlobStore, run_id: uuid.UUID, contain
         buffer = bytearray()
         async with contextlib.aclosing(engine.logs(container_id, follow=False)) as logs:
             async for chunk in logs:
-                if not record.add(chunk.line):
-                    buffer += (cap_notice(cap_bytes) + "\n").encode()
+                buffer += record.take(chunk.line)
+                if record.capped:
                     break
-                buffer += (chunk.line + "\n").encode()
                 if len(buffer) >= _CHUNK:
                     yield bytes(buffer)
                     buffer.clear()
