@@ -108,7 +108,12 @@ async def wait_up(stack: Stack, session: aiohttp.ClientSession) -> None:
         return status == 200 and body["status"] == "UP"
 
     await eventually(ping, within=80, interval=0.2, what="app-engine up answering /ping")
-    assert "App Engine is up: API at " in stack.log()
+
+    # the gateway answers a moment before the banner: up checks Docker and writes its state first
+    async def announced() -> bool:
+        return "App Engine is up: API at " in stack.log()
+
+    await eventually(announced, within=15, what="app-engine up announcing itself")
 
 
 async def check_services(stack: Stack, session: aiohttp.ClientSession) -> None:
